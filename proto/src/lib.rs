@@ -1,0 +1,1 @@
+//! kvmlet wire types.

@@ -1,0 +1,2 @@
+//! x86_64 specifics: memory layout, CPU state at entry, boot parameters.
+pub mod layout;

@@ -1,0 +1,1 @@
+//! Firmware the guest finds in memory: ACPI tables and SMBIOS.

@@ -98,6 +98,11 @@ pub const MAX_VIRTIO_DEVICES: usize = 18;
 /// The guest sees at most this many vCPUs.
 pub const MAX_VCPUS: u8 = 32;
 
+// The low structures must not overlap; checked at compile time.
+const _: () = assert!(PDE_START + PDE_COUNT * 0x1000 <= CMDLINE_START);
+const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= SYSTEM_MEM_START);
+const _: () = assert!(ACPI_TABLES_START < RSDP_START && RSDP_START < SMBIOS_START);
+
 /// Base address of virtio-mmio device `index`.
 pub const fn virtio_mmio_base(index: usize) -> u64 {
     VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE
@@ -135,9 +140,6 @@ mod tests {
 
     #[test]
     fn low_structures_do_not_overlap() {
-        assert!(PDE_START + PDE_COUNT * 0x1000 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= SYSTEM_MEM_START);
-        assert!(ACPI_TABLES_START < RSDP_START && RSDP_START < SMBIOS_START);
         assert!(virtio_mmio_base(MAX_VIRTIO_DEVICES) <= IOAPIC_START);
         assert_eq!(virtio_irq(MAX_VIRTIO_DEVICES - 1), 23);
     }

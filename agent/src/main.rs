@@ -1,5 +1,11 @@
 //! `kvmlet`: runs KubeVirt VirtualMachines as rust-vmm microVMs.
 
+mod cli;
+
+use clap::Parser;
+
 fn main() -> anyhow::Result<()> {
-    Ok(())
+    let cli = cli::Cli::parse();
+    cli::init_logging(cli.log_format);
+    cli.command.run()
 }

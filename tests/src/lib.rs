@@ -1,1 +1,110 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: the kvmlet binary, the probe guest
+//! image and the real tools the tests check our output with.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root (this crate lives in `tests/`).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The `kvmlet` binary of this workspace, built once per test process if needed.
+///
+/// `cargo test --workspace` builds it already (it belongs to kvmlet-agent); running
+/// this crate's tests alone builds it here.
+pub fn kvmlet_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("KVMLET_BIN") {
+            return PathBuf::from(bin);
+        }
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "kvmlet-agent", "--bin", "kvmlet"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build for kvmlet");
+        assert!(status.success(), "cargo build -p kvmlet-agent failed");
+        target_dir().join("debug").join("kvmlet")
+    })
+}
+
+/// Paths of the probe guest images built by `tests/probe/build`.
+pub struct ProbeImages {
+    /// Linux boot-protocol image (the build script's last line).
+    pub bzimage: PathBuf,
+    /// ELF with a PVH note, next to the bzImage.
+    pub elf: PathBuf,
+}
+
+/// Builds the probe guest once per test process and returns its images.
+pub fn probe() -> &'static ProbeImages {
+    static PROBE: OnceLock<ProbeImages> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let script = workspace_root().join("tests/probe/build");
+        let output = Command::new(&script).output().unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            output.status.success(),
+            "{} failed:\n{}{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let bzimage = PathBuf::from(stdout.lines().last().expect("probe build printed its image path").trim());
+        let elf = bzimage.with_file_name("probe.elf");
+        assert!(bzimage.is_file(), "probe image {} missing", bzimage.display());
+        ProbeImages { bzimage, elf }
+    })
+}
+
+/// Fails the test with an install hint when a tool the test relies on is missing.
+/// `.ci/run` installs all of them (scripts/install-deps).
+pub fn require_tool(tool: &str, debian_package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file());
+    found.unwrap_or_else(|| {
+        panic!("`{tool}` is not installed: run scripts/install-deps (Debian package `{debian_package}`)")
+    })
+}
+
+/// True when this process can open /dev/kvm read-write.
+pub fn kvm_available() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+/// Lines the probe guest printed, without the `probe: ` prefix.
+pub fn probe_lines(console: &str) -> Vec<&str> {
+    console.lines().filter_map(|line| line.trim_end_matches('\r').strip_prefix("probe: ")).collect()
+}
+
+/// The value of `key=` in the first probe line that starts with `prefix` (e.g. `smbios`).
+pub fn probe_value<'a>(console: &'a str, prefix: &str, key: &str) -> Option<&'a str> {
+    probe_lines(console).into_iter().filter(|line| line.starts_with(prefix)).find_map(|line| {
+        let needle = format!("{key}=");
+        line.split(' ').find_map(|field| field.strip_prefix(needle.as_str()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_values_are_found_by_prefix_and_key() {
+        let console = "noise\nprobe: smbios uuid=1234 serial=abc\r\nprobe: cpus=2\n";
+        assert_eq!(probe_value(console, "smbios", "serial"), Some("abc"));
+        assert_eq!(probe_value(console, "cpus", "cpus"), Some("2"));
+        assert_eq!(probe_value(console, "smbios", "missing"), None);
+        assert_eq!(probe_lines(console).len(), 2);
+    }
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use uuid::Uuid;
-use vmm::VmConfig;
+use vmm::{DiskConfig, VmConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct VmArgs {
@@ -29,6 +29,24 @@ pub struct VmArgs {
     /// Firmware (SMBIOS) system serial number.
     #[arg(long, value_name = "STR")]
     pub serial: Option<String>,
+    /// A raw disk image as virtio-blk, in order (/dev/vda first). Repeatable.
+    #[arg(long = "disk", value_name = "PATH[,readonly][,serial=S]", value_parser = parse_disk)]
+    pub disks: Vec<DiskConfig>,
+}
+
+/// Parses `PATH[,readonly][,serial=S]`, the way cloud-hypervisor's `--disk` reads.
+fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
+    let mut parts = spec.split(',');
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or("a disk needs a path")?;
+    let mut disk = DiskConfig { path: path.into(), readonly: false, serial: None };
+    for option in parts {
+        match option.split_once('=') {
+            None if option == "readonly" => disk.readonly = true,
+            Some(("serial", serial)) => disk.serial = Some(serial.to_string()),
+            _ => return Err(format!("unknown disk option `{option}` (expected `readonly` or `serial=S`)")),
+        }
+    }
+    Ok(disk)
 }
 
 impl VmArgs {
@@ -41,7 +59,27 @@ impl VmArgs {
             cmdline: self.cmdline.clone(),
             uuid: self.uuid,
             serial: self.serial.clone(),
+            disks: self.disks.clone(),
             ..VmConfig::new(&self.kernel)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_specs_parse_in_any_option_order() {
+        let disk = parse_disk("/img/a.raw,serial=data-1,readonly").unwrap();
+        assert_eq!(disk, DiskConfig { path: "/img/a.raw".into(), readonly: true, serial: Some("data-1".into()) });
+        assert_eq!(parse_disk("b.raw").unwrap(), DiskConfig { path: "b.raw".into(), readonly: false, serial: None });
+    }
+
+    #[test]
+    fn bad_disk_specs_say_what_is_wrong() {
+        assert_eq!(parse_disk(",readonly").unwrap_err(), "a disk needs a path");
+        assert!(parse_disk("a.raw,cache=none").unwrap_err().contains("unknown disk option `cache=none`"));
+        assert!(parse_disk("a.raw,ro").unwrap_err().contains("`ro`"));
     }
 }

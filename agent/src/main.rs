@@ -2,9 +2,11 @@
 
 mod cli;
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = cli::Cli::parse();
     cli::init_logging(cli.log_format);
     cli.command.run()

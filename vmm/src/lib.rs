@@ -4,9 +4,19 @@
 //! knows nothing of Kubernetes: the agent translates VMIs into `VmConfig`s.
 
 pub mod arch;
+mod boot;
 pub mod config;
+pub mod console;
 pub mod devices;
+mod error;
+mod exit;
 pub mod firmware;
 pub mod nocloud;
+mod vcpu;
+mod vm;
 
 pub use config::{ConfigError, ConsoleConfig, DiskConfig, KernelFormat, VmConfig};
+pub use console::ConsoleRing;
+pub use error::Error;
+pub use exit::ExitReason;
+pub use vm::{Vm, VmHandle};

@@ -5,6 +5,8 @@ mod nocloud;
 mod run;
 mod vm_args;
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -34,11 +36,11 @@ pub enum Command {
 }
 
 impl Command {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
         match self {
             Command::Run(args) => run::main(args),
-            Command::FirmwareDump(args) => firmware_dump::main(args),
-            Command::Nocloud(args) => nocloud::main(args),
+            Command::FirmwareDump(args) => firmware_dump::main(args).map(|()| ExitCode::SUCCESS),
+            Command::Nocloud(args) => nocloud::main(args).map(|()| ExitCode::SUCCESS),
         }
     }
 }

@@ -1,16 +1,77 @@
-//! `kvmlet run`: one VM in the foreground.
+//! `kvmlet run`: one VM in the foreground, its serial console on standard
+//! output, like `cloud-hypervisor --kernel …`.
+
+use std::process::ExitCode;
 
 use clap::Args;
+use nix::sys::signal::{SigSet, Signal};
+use vmm::{ExitReason, Vm, VmHandle};
 
 use super::vm_args::VmArgs;
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Exit status:
+  0    the guest powered off
+  1    the VM could not be built or started (the message names the problem)
+  3    the guest asked to reboot (kvmlet run does not restart it)
+  4    a vCPU triple-faulted
+  5    the VMM stopped on an error while the guest ran
+  130  killed by a second Ctrl-C (or SIGTERM)
+
+Ctrl-C (or SIGTERM) presses the ACPI power button; a second one kills the VM.")]
 pub struct RunArgs {
     #[command(flatten)]
     pub vm: VmArgs,
 }
 
-pub fn main(args: RunArgs) -> anyhow::Result<()> {
-    args.vm.to_config().validate()?;
-    anyhow::bail!("kvmlet run: the VMM is not assembled yet")
+pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Taken before any thread exists so that every thread inherits the mask
+    // and only the signal thread below sees these signals.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block()?;
+
+    let mut config = args.vm.to_config();
+    config.console.stdout = true;
+    let mut vm = Vm::new(config)?;
+    spawn_signal_thread(signals, vm.handle());
+    vm.start()?;
+    let reason = vm.wait();
+    Ok(report(&reason))
+}
+
+/// First signal: the power button; the next one: kill.
+fn spawn_signal_thread(signals: SigSet, vm: VmHandle) {
+    std::thread::spawn(move || {
+        let mut pressed = false;
+        while let Ok(signal) = signals.wait() {
+            if pressed {
+                tracing::warn!(%signal, "killing the VM");
+                vm.kill();
+            } else {
+                tracing::info!(%signal, "pressing the power button (again to kill)");
+                if let Err(e) = vm.power_button() {
+                    tracing::error!(error = %e, "power button failed; killing the VM");
+                    vm.kill();
+                }
+                pressed = true;
+            }
+        }
+    });
+}
+
+fn report(reason: &ExitReason) -> ExitCode {
+    let code = match reason {
+        ExitReason::PowerOff => 0,
+        ExitReason::Reboot => 3,
+        ExitReason::TripleFault => 4,
+        ExitReason::Error(_) => 5,
+        ExitReason::Killed => 130,
+    };
+    if code != 0 {
+        eprintln!("kvmlet run: {reason}");
+    }
+    ExitCode::from(code)
 }

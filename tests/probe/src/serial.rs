@@ -1,0 +1,52 @@
+//! COM1 output: a 16550 polled for "transmit holding register empty".
+
+use core::fmt;
+
+use crate::hw::{inb, outb};
+
+const COM1: u16 = 0x3f8;
+const LSR_THRE: u8 = 1 << 5;
+
+pub fn init() {
+    outb(COM1 + 1, 0x00); // no interrupts
+    outb(COM1 + 3, 0x80); // DLAB
+    outb(COM1, 0x01); // 115200 baud
+    outb(COM1 + 1, 0x00);
+    outb(COM1 + 3, 0x03); // 8N1
+    outb(COM1 + 2, 0xc7); // FIFO on, cleared
+    outb(COM1 + 4, 0x03); // DTR, RTS
+}
+
+fn put(byte: u8) {
+    // Bounded: a UART that never drains must not hang the probe.
+    for _ in 0..100_000 {
+        if inb(COM1 + 5) & LSR_THRE != 0 {
+            break;
+        }
+    }
+    outb(COM1, byte);
+}
+
+pub struct Serial;
+
+impl fmt::Write for Serial {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for byte in s.bytes() {
+            if byte == b'\n' {
+                put(b'\r');
+            }
+            put(byte);
+        }
+        Ok(())
+    }
+}
+
+/// `report!("key={}", v)` prints one `probe: ` line.
+#[macro_export]
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let _ = write!($crate::serial::Serial, "probe: ");
+        let _ = writeln!($crate::serial::Serial, $($arg)*);
+    }};
+}

@@ -1,0 +1,107 @@
+//! `kvmlet run` as a user runs it: the probe guest's console on standard
+//! output, exit statuses, Ctrl-C as the power button.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use e2e::{kvmlet_bin, probe, probe_value};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let output =
+        Command::new(kvmlet_bin()).arg("run").arg("--kernel").arg(&probe().bzimage).args(args).output().unwrap();
+    (
+        output.status.code().expect("exited normally"),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn guest_power_off_exits_zero_with_the_console_on_stdout() {
+    let uuid = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+    let (code, stdout, stderr) = run(&[
+        "--vcpus",
+        "2",
+        "--memory",
+        "192",
+        "--uuid",
+        uuid,
+        "--serial",
+        "cli-1",
+        "--cmdline",
+        "probe.action=poweroff",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(probe_value(&stdout, "smbios", "uuid"), Some(uuid));
+    assert_eq!(probe_value(&stdout, "smbios", "serial"), Some("cli-1"));
+    assert_eq!(probe_value(&stdout, "cpus", "cpus"), Some("2"));
+    assert_eq!(probe_value(&stdout, "memory", "ram_top"), Some("0xc000000"));
+}
+
+#[test]
+fn other_endings_have_distinct_statuses_and_messages() {
+    let (code, _, stderr) = run(&["--cmdline", "probe.action=reboot"]);
+    assert_eq!(code, 3);
+    assert!(stderr.contains("reboot"), "{stderr}");
+    let (code, _, stderr) = run(&["--cmdline", "probe.action=triple-fault"]);
+    assert_eq!(code, 4);
+    assert!(stderr.contains("triple-fault"), "{stderr}");
+}
+
+#[test]
+fn invalid_flags_fail_with_the_field_named() {
+    let (code, stdout, stderr) = run(&["--vcpus", "0"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("vcpus: 0"), "{stderr}");
+    assert!(stdout.is_empty(), "no guest ran: {stdout}");
+    let (code, _, stderr) = run(&["--memory", "0"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("memory:"), "{stderr}");
+    let (code, _, stderr) = run(&["--disk", "/nonexistent/disk.img"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("disks[0].path: /nonexistent/disk.img"), "{stderr}");
+}
+
+/// Starts a VM whose probe waits, and returns once it waits for the button.
+fn start_waiting(action: &str) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(kvmlet_bin())
+        .arg("run")
+        .arg("--kernel")
+        .arg(&probe().bzimage)
+        .args(["--cmdline", &format!("probe.action={action}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("probe: action=") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "kvmlet exited early");
+    }
+    (child, stdout)
+}
+
+#[test]
+fn ctrl_c_presses_the_power_button() {
+    let (mut child, mut stdout) = start_waiting("wait");
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(rest.contains("probe: power button"), "{rest}");
+    assert_eq!(status.code(), Some(0), "the guest powered off by itself");
+}
+
+#[test]
+fn second_ctrl_c_kills_a_guest_that_ignores_the_button() {
+    let (mut child, _stdout) = start_waiting("spin");
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGINT).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(child.try_wait().unwrap().is_none(), "the first Ctrl-C only presses the button");
+    kill(pid, Signal::SIGINT).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+}

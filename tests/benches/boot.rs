@@ -42,7 +42,8 @@ impl Vmm for QemuMicrovm {
     }
     fn command(&self, image: &Path, action: &str) -> Command {
         let mut cmd = Command::new(&self.0);
-        cmd.args(["-M", "microvm,acpi=on", "-accel", "kvm", "-cpu", "host", "-smp", "1"]);
+        // `-cpu host` minus arch-capabilities: nested KVM here refuses that MSR.
+        cmd.args(["-M", "microvm,acpi=on", "-accel", "kvm", "-cpu", "host,-arch-capabilities", "-smp", "1"]);
         cmd.args(["-m", &format!("{MEMORY_MIB}M"), "-nodefaults", "-no-user-config", "-display", "none"]);
         cmd.args(["-serial", "stdio", "-no-reboot", "-kernel"]).arg(image);
         cmd.args(["-append", &format!("probe.action={action}")]);

@@ -1,21 +1,26 @@
-//! `kvmlet nocloud`: a cloud-init NoCloud seed image on its own.
+//! `kvmlet nocloud`: a cloud-init NoCloud seed image on its own, like `cloud-localds`.
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
+use vmm::nocloud::NoCloudSeed;
+
+/// cloud-localds's default instance id.
+const DEFAULT_INSTANCE_ID: &str = "iid-local01";
 
 #[derive(Debug, Args)]
 pub struct NocloudArgs {
-    /// cloud-init user data.
+    /// cloud-init user data (any size; the KubeVirt 2048-byte limit applies to manifests only).
     #[arg(long, value_name = "FILE")]
     pub user_data: PathBuf,
-    /// cloud-init network configuration.
+    /// cloud-init network configuration, written as `network-config`.
     #[arg(long, value_name = "FILE")]
     pub network_data: Option<PathBuf>,
-    /// `instance-id` in meta-data (default: a new UUID).
-    #[arg(long, value_name = "ID")]
-    pub instance_id: Option<String>,
-    /// `local-hostname` in meta-data.
+    /// `instance-id` in meta-data.
+    #[arg(long, value_name = "ID", default_value = DEFAULT_INSTANCE_ID)]
+    pub instance_id: String,
+    /// `local-hostname` in meta-data (omitted when not given).
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
     /// Where to write the image.
@@ -24,6 +29,10 @@ pub struct NocloudArgs {
 }
 
 pub fn main(args: NocloudArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("kvmlet nocloud: the seed builder is not built yet")
+    let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("read {}", path.display()));
+    let user_data = read(&args.user_data)?;
+    let network = args.network_data.as_ref().map(read).transpose()?;
+    let seed = NoCloudSeed::new(&args.instance_id, args.hostname.as_deref(), user_data, network);
+    seed.write_image(&args.out)?;
+    Ok(())
 }

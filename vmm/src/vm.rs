@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::signal::Killable;
 
@@ -17,12 +17,14 @@ use crate::arch::layout::{
 use crate::arch::x86_64::boot_params::{self, BootInfo};
 use crate::arch::x86_64::regs::EntryProtocol;
 use crate::boot;
-use crate::config::VmConfig;
+use crate::config::{DiskConfig, VmConfig};
 use crate::console::{Console, ConsoleRing};
 use crate::devices::acpi::{AcpiShutdown, Ged};
 use crate::devices::irq::IrqLine;
 use crate::devices::legacy::I8042;
 use crate::devices::serial::SerialPort;
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::Bus;
 use crate::error::Error;
 use crate::exit::{ExitReason, ExitSignal};
@@ -124,6 +126,9 @@ impl Vm {
         pio.insert(ACPI_SHUTDOWN_PORT.into(), ACPI_SHUTDOWN_PORT_LEN.into(), shutdown)?;
         let mut mmio = Bus::new();
         mmio.insert(GED_MMIO_START, GED_MMIO_SIZE, ged.clone())?;
+        for (index, disk) in config.disks.iter().enumerate() {
+            attach_disk(&vm_fd, &mut mmio, &memory, index, disk)?;
+        }
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
 
         // vCPUs.
@@ -260,6 +265,31 @@ fn guest_memory(vm_fd: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
             .map_err(|e| Error::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
     Ok(memory)
+}
+
+/// virtio-blk disk `index` at its MMIO window and GSI, in config order, so the
+/// guest enumerates it as the (index+1)-th disk; queue kicks go through
+/// ioeventfds and never reach the vCPU thread.
+fn attach_disk(
+    vm_fd: &VmFd,
+    mmio: &mut Bus,
+    memory: &GuestMemoryMmap,
+    index: usize,
+    disk: &DiskConfig,
+) -> Result<(), Error> {
+    let file = disk.open(index)?;
+    let block = Block::new(file, disk.readonly, disk.serial.as_deref())
+        .map_err(|e| Error::Device(format!("disks[{index}]: {e}")))?;
+    let base = layout::virtio_mmio_base(index);
+    let transport = MmioTransport::new(Box::new(block), memory.clone(), irq_line(vm_fd, layout::virtio_irq(index))?)
+        .map_err(|e| Error::Device(format!("disks[{index}]: {e}")))?;
+    for (offset, queue, evt) in transport.queue_notifiers() {
+        vm_fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(base + offset), queue)
+            .map_err(|e| Error::Kvm("KVM_IOEVENTFD", e))?;
+    }
+    mmio.insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+    Ok(())
 }
 
 fn irq_line(vm_fd: &VmFd, gsi: u32) -> Result<IrqLine, Error> {

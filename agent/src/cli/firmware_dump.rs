@@ -17,9 +17,9 @@ pub struct FirmwareDumpArgs {
 }
 
 pub fn main(args: FirmwareDumpArgs) -> anyhow::Result<()> {
-    let config = args.vm.to_config();
-    config.validate()?;
-    let firmware = vmm::firmware::build(&config)?;
+    let prepared = args.vm.prepare()?;
+    prepared.config.validate()?;
+    let firmware = vmm::firmware::build(&prepared.config)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let write = |name: &str, bytes: &[u8]| {
         let path = args.out.join(name);

@@ -33,7 +33,8 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     signals.add(Signal::SIGTERM);
     signals.thread_block()?;
 
-    let mut config = args.vm.to_config();
+    let prepared = args.vm.prepare()?;
+    let mut config = prepared.config.clone();
     config.console.stdout = true;
     let mut vm = Vm::new(config)?;
     spawn_signal_thread(signals, vm.handle());

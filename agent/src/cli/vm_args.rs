@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 use uuid::Uuid;
+use vmm::nocloud::NoCloudSeed;
 use vmm::{DiskConfig, VmConfig};
 
 #[derive(Debug, Clone, Args)]
@@ -32,6 +34,18 @@ pub struct VmArgs {
     /// A raw disk image as virtio-blk, in order (/dev/vda first). Repeatable.
     #[arg(long = "disk", value_name = "PATH[,readonly][,serial=S]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
+    /// Build a cloud-init NoCloud seed with this user data and attach it after the other disks.
+    #[arg(long, value_name = "FILE")]
+    pub cloud_init_user_data: Option<PathBuf>,
+    /// Network configuration for the seed (needs --cloud-init-user-data).
+    #[arg(long, value_name = "FILE", requires = "cloud_init_user_data")]
+    pub cloud_init_network_data: Option<PathBuf>,
+}
+
+/// A VM config and the seed image it refers to, which lives as long as this does.
+pub struct PreparedVm {
+    pub config: VmConfig,
+    _seed: Option<tempfile::NamedTempFile>,
 }
 
 /// Parses `PATH[,readonly][,serial=S]`, the way cloud-hypervisor's `--disk` reads.
@@ -50,8 +64,11 @@ fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
 }
 
 impl VmArgs {
-    pub fn to_config(&self) -> VmConfig {
-        VmConfig {
+    /// The VmConfig these flags describe; with cloud-init flags, the seed image
+    /// is built into a temporary file that is removed when the result drops.
+    /// The seed's instance-id is the firmware UUID (a new one when none is given).
+    pub fn prepare(&self) -> anyhow::Result<PreparedVm> {
+        let mut config = VmConfig {
             vcpus: self.vcpus,
             memory_mib: self.memory,
             kernel: self.kernel.clone(),
@@ -61,7 +78,23 @@ impl VmArgs {
             serial: self.serial.clone(),
             disks: self.disks.clone(),
             ..VmConfig::new(&self.kernel)
-        }
+        };
+        let Some(user_data_path) = &self.cloud_init_user_data else {
+            return Ok(PreparedVm { config, _seed: None });
+        };
+        let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("read {}", path.display()));
+        let user_data = read(user_data_path)?;
+        let network = self.cloud_init_network_data.as_ref().map(read).transpose()?;
+        let uuid = *config.uuid.get_or_insert_with(Uuid::new_v4);
+        let seed = NoCloudSeed::new(&uuid.to_string(), None, user_data, network);
+        let file = tempfile::Builder::new().prefix("kvmlet-seed-").suffix(".iso").tempfile()?;
+        seed.write_image(file.path())?;
+        config.disks.push(DiskConfig {
+            path: file.path().to_path_buf(),
+            readonly: true,
+            serial: Some("cidata".into()),
+        });
+        Ok(PreparedVm { config, _seed: Some(file) })
     }
 }
 

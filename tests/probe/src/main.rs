@@ -9,12 +9,14 @@
 
 mod acpi;
 mod bootinfo;
+mod disks;
 mod entry;
 mod hw;
 mod mem;
 #[macro_use]
 mod serial;
 mod smbios;
+mod virtio;
 
 use acpi::{Gas, Platform};
 use bootinfo::cmdline_value;
@@ -55,6 +57,8 @@ extern "C" fn probe_main(boot_info: u64, protocol: u64) -> ! {
     report!("cpus={}", platform.cpus);
     report!("acpi tables={}", if platform.tables_ok { "ok" } else { "bad" });
     let mut ged_register = 0;
+    let mut virtio_bases = [0u64; 32];
+    let mut virtio_count = 0;
     if let Some(dsdt) = platform.dsdt {
         acpi::devices(dsdt, |d| {
             let hid = core::str::from_utf8(&d.hid).unwrap_or("?").trim_end();
@@ -62,6 +66,10 @@ extern "C" fn probe_main(boot_info: u64, protocol: u64) -> ! {
             report!("device name={} hid={} mmio={:#x} len={:#x} gsi={}", name, hid, d.mmio_base, d.mmio_len, d.gsi);
             if hid == "ACPI0013" {
                 ged_register = d.region;
+            }
+            if hid == "LNRO0005" && virtio_count < virtio_bases.len() {
+                virtio_bases[virtio_count] = d.mmio_base;
+                virtio_count += 1;
             }
         });
     }
@@ -80,6 +88,8 @@ extern "C" fn probe_main(boot_info: u64, protocol: u64) -> ! {
         }
         None => report!("error no SMBIOS system information"),
     }
+
+    disks::probe_disks(&virtio_bases[..virtio_count], info.cmdline);
 
     let action = cmdline_value(info.cmdline, "probe.action").unwrap_or("poweroff");
     report!("action={}", action);
@@ -186,7 +196,7 @@ fn panic(panic: &core::panic::PanicInfo) -> ! {
 }
 
 /// A fixed-capacity line buffer for formatting without an allocator.
-mod heapless_string {
+pub mod heapless_string {
     pub struct Line {
         buf: [u8; 64],
         len: usize,

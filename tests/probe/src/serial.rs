@@ -27,16 +27,21 @@ fn put(byte: u8) {
     outb(COM1, byte);
 }
 
+/// Raw bytes, with "\n" sent as "\r\n" like every other line.
+pub fn write_bytes(bytes: &[u8]) {
+    for &byte in bytes {
+        if byte == b'\n' {
+            put(b'\r');
+        }
+        put(byte);
+    }
+}
+
 pub struct Serial;
 
 impl fmt::Write for Serial {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        for byte in s.bytes() {
-            if byte == b'\n' {
-                put(b'\r');
-            }
-            put(byte);
-        }
+        write_bytes(s.as_bytes());
         Ok(())
     }
 }

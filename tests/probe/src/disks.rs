@@ -1,0 +1,177 @@
+//! What the probe does with its disks: list them, print the cloud-init
+//! `user-data` from the `cidata` ISO 9660 seed, and write, flush and read back
+//! a marker sector on a data disk.
+
+use crate::bootinfo::cmdline_value;
+use crate::report;
+use crate::serial;
+use crate::virtio::{BlockDevice, MAX_TRANSFER, SECTOR, S_OK, T_FLUSH, T_GET_ID, T_IN, T_OUT};
+
+const ISO_SECTOR: u64 = 2048;
+const MARKER: &[u8] = b"KVMLET-PROBE-MARKER sector=";
+
+fn status_name(status: u8) -> &'static str {
+    match status {
+        0 => "ok",
+        1 => "ioerr",
+        2 => "unsupp",
+        0xff => "timeout",
+        _ => "unknown",
+    }
+}
+
+/// Reads `bytes` (at most MAX_TRANSFER) at byte `offset` (sector aligned).
+fn read(dev: &mut BlockDevice, offset: u64, bytes: usize) -> Result<&[u8], u8> {
+    let len = bytes.div_ceil(SECTOR) * SECTOR;
+    match dev.request(T_IN, offset / SECTOR as u64, len) {
+        S_OK => Ok(&dev.data()[..bytes]),
+        status => Err(status),
+    }
+}
+
+fn trimmed(bytes: &[u8]) -> &str {
+    core::str::from_utf8(bytes).unwrap_or("?").trim_end_matches([' ', '\0'])
+}
+
+/// The Rock Ridge NM name in a directory record's system use area, if any.
+fn rock_ridge_name(record: &[u8]) -> Option<&[u8]> {
+    let name_len = usize::from(*record.get(32)?);
+    let mut at = 33 + name_len + (1 - name_len % 2);
+    while at + 4 <= record.len() {
+        let (sig, len) = (&record[at..at + 2], usize::from(record[at + 2]));
+        if len < 4 || at + len > record.len() {
+            break;
+        }
+        if sig == b"NM" && len > 5 {
+            return Some(&record[at + 5..at + len]);
+        }
+        at += len;
+    }
+    None
+}
+
+/// Finds `user-data` on a `cidata` volume; returns (byte offset, size).
+fn find_user_data(dev: &mut BlockDevice) -> Option<(u64, usize)> {
+    let pvd = read(dev, 16 * ISO_SECTOR, ISO_SECTOR as usize).ok()?;
+    if &pvd[1..6] != b"CD001" || pvd[0] != 1 || trimmed(&pvd[40..72]) != "cidata" {
+        return None;
+    }
+    let root_extent = u32::from_le_bytes([pvd[158], pvd[159], pvd[160], pvd[161]]);
+    let root_size = u32::from_le_bytes([pvd[166], pvd[167], pvd[168], pvd[169]]) as usize;
+    let directory = read(dev, u64::from(root_extent) * ISO_SECTOR, root_size.min(MAX_TRANSFER)).ok()?;
+    let mut at = 0;
+    while at < directory.len() {
+        let len = usize::from(directory[at]);
+        if len == 0 {
+            // Records do not cross sector boundaries: skip to the next sector.
+            at = (at / ISO_SECTOR as usize + 1) * ISO_SECTOR as usize;
+            continue;
+        }
+        let record = &directory[at..(at + len).min(directory.len())];
+        let iso_name = record.get(33..33 + usize::from(*record.get(32)?))?;
+        let is_user_data = match rock_ridge_name(record) {
+            Some(name) => name == b"user-data",
+            None => iso_name == b"USER_DAT.;1" || iso_name == b"USER-DATA;1" || iso_name == b"USER-DATA",
+        };
+        if is_user_data {
+            let extent = u32::from_le_bytes([record[2], record[3], record[4], record[5]]);
+            let size = u32::from_le_bytes([record[10], record[11], record[12], record[13]]) as usize;
+            return Some((u64::from(extent) * ISO_SECTOR, size));
+        }
+        at += len;
+    }
+    None
+}
+
+fn print_user_data(dev: &mut BlockDevice, offset: u64, size: usize) {
+    report!("user-data begin size={}", size);
+    let mut done = 0;
+    while done < size {
+        let chunk = (size - done).min(MAX_TRANSFER);
+        match read(dev, offset + done as u64, chunk) {
+            Ok(bytes) => serial::write_bytes(bytes),
+            Err(status) => {
+                report!("error reading user-data: {}", status_name(status));
+                return;
+            }
+        }
+        done += chunk;
+    }
+    if size > 0 {
+        serial::write_bytes(b"\n");
+    }
+    report!("user-data end");
+}
+
+fn write_marker(dev: &mut BlockDevice, index: usize, sector: u64) {
+    let data = dev.data();
+    data[..SECTOR].fill(0);
+    let mut text = crate::heapless_string::Line::new();
+    let _ = core::fmt::Write::write_fmt(&mut text, format_args!("{}", sector));
+    data[..MARKER.len()].copy_from_slice(MARKER);
+    data[MARKER.len()..MARKER.len() + text.as_str().len()].copy_from_slice(text.as_str().as_bytes());
+    let write = dev.request(T_OUT, sector, SECTOR);
+    let flush = dev.request(T_FLUSH, 0, 0);
+    let readback = match dev.request(T_IN, sector, SECTOR) {
+        S_OK if dev.data()[..MARKER.len()] == *MARKER => "marker",
+        S_OK => "other",
+        status => status_name(status),
+    };
+    report!(
+        "marker disk={} sector={} write={} flush={} readback={}",
+        index,
+        sector,
+        status_name(write),
+        status_name(flush),
+        readback
+    );
+}
+
+/// Visits every virtio-blk disk in DSDT order.
+pub fn probe_disks(bases: &[u64], cmdline: &str) {
+    let marker_sector = cmdline_value(cmdline, "probe.marker_sector").and_then(|s| s.parse::<u64>().ok());
+    let marker_disk = cmdline_value(cmdline, "probe.marker_disk").and_then(|s| s.parse::<usize>().ok());
+    let mut marked = false;
+    for (index, &base) in bases.iter().enumerate() {
+        let mut dev = match BlockDevice::init(base) {
+            Ok(dev) => dev,
+            Err(why) => {
+                report!("error disk={} base={:#x}: {}", index, base, why);
+                continue;
+            }
+        };
+        let serial = match dev.request(T_GET_ID, 0, 20) {
+            S_OK => {
+                let id = &dev.data()[..20];
+                let len = id.iter().position(|b| *b == 0).unwrap_or(20);
+                let mut copy = [0u8; 20];
+                copy[..len].copy_from_slice(&id[..len]);
+                (copy, len)
+            }
+            _ => ([0u8; 20], 0),
+        };
+        let serial_text = core::str::from_utf8(&serial.0[..serial.1]).unwrap_or("?");
+        report!(
+            "disk index={} base={:#x} sectors={} serial={} ro={}",
+            index,
+            base,
+            dev.capacity,
+            serial_text,
+            u8::from(dev.readonly)
+        );
+        let user_data = find_user_data(&mut dev);
+        if let Some((offset, size)) = user_data {
+            report!("cidata disk={}", index);
+            print_user_data(&mut dev, offset, size);
+        }
+        let wanted = match marker_disk {
+            Some(disk) => disk == index,
+            None => user_data.is_none() && !marked,
+        };
+        if let (Some(sector), true) = (marker_sector, wanted) {
+            write_marker(&mut dev, index, sector);
+            marked = true;
+        }
+        dev.shutdown();
+    }
+}

@@ -105,3 +105,35 @@ fn second_ctrl_c_kills_a_guest_that_ignores_the_button() {
     kill(pid, Signal::SIGINT).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(130));
 }
+
+#[test]
+fn disks_and_cloud_init_flags_reach_the_guest_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.img");
+    std::fs::File::create(&data).unwrap().set_len(1 << 20).unwrap();
+    let user_data = dir.path().join("user-data");
+    std::fs::write(&user_data, "#!/bin/sh\necho from-the-cli\n").unwrap();
+    let network = dir.path().join("network-config");
+    std::fs::write(&network, "version: 2\n").unwrap();
+    let uuid = "1b2c3d4e-5f60-4718-8293-a4b5c6d7e8f9";
+    let (code, stdout, stderr) = run(&[
+        "--disk",
+        &format!("{},serial=data-cli", data.display()),
+        "--cloud-init-user-data",
+        user_data.to_str().unwrap(),
+        "--cloud-init-network-data",
+        network.to_str().unwrap(),
+        "--uuid",
+        uuid,
+        "--cmdline",
+        "probe.action=poweroff probe.marker_sector=9",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("probe: disk index=0 base=0xc0001000 sectors=2048 serial=data-cli ro=0"), "{stdout}");
+    assert!(stdout.contains("probe: disk index=1 base=0xc0002000"), "the seed comes after the other disks: {stdout}");
+    assert!(stdout.contains("probe: cidata disk=1"), "{stdout}");
+    assert!(stdout.contains("echo from-the-cli"), "{stdout}");
+    assert!(stdout.contains("probe: marker disk=0 sector=9 write=ok flush=ok readback=marker"), "{stdout}");
+    let marker = std::fs::read(&data).unwrap();
+    assert!(marker[9 * 512..].starts_with(b"KVMLET-PROBE-MARKER sector=9"));
+}

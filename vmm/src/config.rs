@@ -170,7 +170,7 @@ impl VmConfig {
             return Err(ConfigError::TooManyDisks { count: self.disks.len() });
         }
         for (index, disk) in self.disks.iter().enumerate() {
-            disk.open(index)?;
+            disk.check_access(index)?;
             if let Some(serial) = &disk.serial {
                 validate_disk_serial(index, serial)?;
             }
@@ -203,6 +203,23 @@ impl VmConfig {
 }
 
 impl DiskConfig {
+    /// Checks that the image exists, is a file, and allows the access the
+    /// config asks for, without opening it: the VM opens it once, in `open`.
+    pub fn check_access(&self, index: usize) -> Result<(), ConfigError> {
+        let fail = |source| ConfigError::DiskUnreadable { index, path: self.path.clone(), source };
+        if std::fs::metadata(&self.path).map_err(fail)?.is_dir() {
+            return Err(fail(io::Error::from_raw_os_error(libc::EISDIR)));
+        }
+        let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes())
+            .map_err(|_| fail(io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let mode = if self.readonly { libc::R_OK } else { libc::R_OK | libc::W_OK };
+        // SAFETY: `path` is a valid NUL-terminated string; access() only reads it.
+        if unsafe { libc::access(path.as_ptr(), mode) } != 0 {
+            return Err(fail(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Opens the image with the access the config asks for.
     pub fn open(&self, index: usize) -> Result<File, ConfigError> {
         let unreadable = |source| ConfigError::DiskUnreadable { index, path: self.path.clone(), source };

@@ -44,23 +44,34 @@ pub struct ProbeImages {
     pub elf: PathBuf,
 }
 
+/// Runs a build script of this repository (relative to the workspace root)
+/// and returns the last `n` lines it printed, as paths, in order.
+pub fn build_outputs(script: &str, n: usize) -> Vec<PathBuf> {
+    let script = workspace_root().join(script);
+    let output = Command::new(&script).output().unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "{} failed:\n{}{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.len() >= n, "{} printed {} lines, expected at least {n}", script.display(), lines.len());
+    let paths: Vec<PathBuf> = lines[lines.len() - n..].iter().map(|l| PathBuf::from(l.trim())).collect();
+    for path in &paths {
+        assert!(path.is_file(), "{} did not produce {}", script.display(), path.display());
+    }
+    paths
+}
+
 /// Builds the probe guest once per test process and returns its images.
 pub fn probe() -> &'static ProbeImages {
     static PROBE: OnceLock<ProbeImages> = OnceLock::new();
     PROBE.get_or_init(|| {
-        let script = workspace_root().join("tests/probe/build");
-        let output = Command::new(&script).output().unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-        assert!(
-            output.status.success(),
-            "{} failed:\n{}{}",
-            script.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let bzimage = PathBuf::from(stdout.lines().last().expect("probe build printed its image path").trim());
-        let elf = bzimage.with_file_name("probe.elf");
-        assert!(bzimage.is_file(), "probe image {} missing", bzimage.display());
+        let mut images = build_outputs("tests/probe/build", 2).into_iter();
+        let (elf, bzimage) = (images.next().unwrap(), images.next().unwrap());
         ProbeImages { bzimage, elf }
     })
 }

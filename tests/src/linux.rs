@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::{kvmlet_bin, workspace_root};
+use crate::{build_outputs, kvmlet_bin};
 
 /// The Linux guest: Debian's cloud kernel and the test initramfs.
 pub struct LinuxGuest {
@@ -18,14 +18,8 @@ pub struct LinuxGuest {
 pub fn linux_guest() -> &'static LinuxGuest {
     static GUEST: OnceLock<LinuxGuest> = OnceLock::new();
     GUEST.get_or_init(|| {
-        let script = workspace_root().join("tests/linux/build");
-        let output = Command::new(&script).output().unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-        assert!(output.status.success(), "{} failed: {}", script.display(), String::from_utf8_lossy(&output.stderr));
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let mut lines = stdout.lines().rev();
-        let initramfs = PathBuf::from(lines.next().expect("initramfs path"));
-        let kernel = PathBuf::from(lines.next().expect("kernel path"));
-        LinuxGuest { kernel, initramfs }
+        let mut outputs = build_outputs("tests/linux/build", 2).into_iter();
+        LinuxGuest { kernel: outputs.next().unwrap(), initramfs: outputs.next().unwrap() }
     })
 }
 

@@ -45,7 +45,7 @@ fn seed_user_data_from_the_manifest_is_printed_verbatim() {
     NoCloudSeed::new(&uuid.to_string(), Some("vm-cirros"), user_data.clone(), network).write_image(&seed_path).unwrap();
 
     let vm =
-        VmConfig { uuid: Some(uuid), disks: vec![disk(&seed_path, true, "cidata")], ..config(&probe().0, "poweroff") };
+        VmConfig { uuid: Some(uuid), disks: vec![disk(&seed_path, true, "cidata")], ..config(probe().0, "poweroff") };
     let (reason, console) = run(vm);
     assert_eq!(reason, ExitReason::PowerOff, "{console}");
     assert!(console.contains("probe: cidata disk=0"), "{console}");
@@ -60,7 +60,7 @@ fn marker_lands_in_the_data_disk_file() {
     let vm = VmConfig {
         disks: vec![disk(&data, false, "data-0")],
         cmdline: "probe.action=poweroff probe.marker_sector=37".into(),
-        ..config(&probe().0, "poweroff")
+        ..config(probe().0, "poweroff")
     };
     let (reason, console) = run(vm);
     assert_eq!(reason, ExitReason::PowerOff, "{console}");
@@ -81,7 +81,7 @@ fn read_only_disk_is_unchanged_after_a_write_attempt() {
     let vm = VmConfig {
         disks: vec![disk(&path, true, "ro-0")],
         cmdline: "probe.action=poweroff probe.marker_disk=0 probe.marker_sector=5".into(),
-        ..config(&probe().0, "poweroff")
+        ..config(probe().0, "poweroff")
     };
     let (reason, console) = run(vm);
     assert_eq!(reason, ExitReason::PowerOff, "{console}");
@@ -96,7 +96,7 @@ fn disks_appear_in_declared_order_with_sizes_and_serials() {
     let sizes = [(8192u64, "first"), (100, "second"), (40960, "third-disk-20-bytes")];
     let disks =
         sizes.iter().map(|(sectors, serial)| disk(&image(dir.path(), serial, *sectors), false, serial)).collect();
-    let (reason, console) = run(VmConfig { disks, ..config(&probe().0, "poweroff") });
+    let (reason, console) = run(VmConfig { disks, ..config(probe().0, "poweroff") });
     assert_eq!(reason, ExitReason::PowerOff, "{console}");
     let reported: Vec<&str> = console.lines().filter(|l| l.starts_with("probe: disk index=")).collect();
     assert_eq!(reported.len(), 3, "{console}");
@@ -113,7 +113,7 @@ fn disks_appear_in_declared_order_with_sizes_and_serials() {
 fn missing_or_unreadable_disk_is_a_config_error_naming_the_path() {
     let vm = VmConfig {
         disks: vec![DiskConfig { path: "/nonexistent/disk.raw".into(), readonly: true, serial: None }],
-        ..config(&probe().0, "poweroff")
+        ..config(probe().0, "poweroff")
     };
     let error = vmm::Vm::new(vm).err().expect("a missing disk is refused").to_string();
     assert!(error.starts_with("disks[0].path: /nonexistent/disk.raw"), "{error}");

@@ -22,7 +22,7 @@ fn probe_report_matches_the_config() {
             uuid: Some(uuid),
             serial: Some(serial.clone()),
             cmdline: "probe.action=poweroff console=ttyS0 extra.word=x".into(),
-            ..config(&probe().0, "poweroff")
+            ..config(probe().0, "poweroff")
         };
         let (reason, console) = run(config);
         assert_eq!(reason, ExitReason::PowerOff, "{console}");
@@ -40,7 +40,7 @@ fn probe_report_matches_the_config() {
 
 #[test]
 fn pvh_elf_boots_through_hvm_start_info() {
-    let (reason, console) = run(VmConfig { vcpus: 2, ..config(&probe().1, "poweroff") });
+    let (reason, console) = run(VmConfig { vcpus: 2, ..config(probe().1, "poweroff") });
     assert_eq!(reason, ExitReason::PowerOff, "{console}");
     assert_eq!(report(&console, "protocol"), "pvh");
     assert_eq!(report(&console, "cpus"), "2");
@@ -49,7 +49,7 @@ fn pvh_elf_boots_through_hvm_start_info() {
 
 #[test]
 fn power_button_powers_off_a_waiting_guest() {
-    let mut vm = Vm::new(config(&probe().0, "wait")).unwrap();
+    let mut vm = Vm::new(config(probe().0, "wait")).unwrap();
     vm.start().unwrap();
     let console = vm.console().unwrap().clone();
     assert!(console.wait_for("waiting for power button", GUEST_TIMEOUT), "{}", console.text());
@@ -62,20 +62,20 @@ fn power_button_powers_off_a_waiting_guest() {
 #[test]
 fn reboot_requests_are_reported() {
     for cmdline in ["probe.action=reboot", "probe.action=reboot probe.reboot=i8042"] {
-        let (reason, console) = run(VmConfig { cmdline: cmdline.into(), ..config(&probe().0, "reboot") });
+        let (reason, console) = run(VmConfig { cmdline: cmdline.into(), ..config(probe().0, "reboot") });
         assert_eq!(reason, ExitReason::Reboot, "{cmdline}: {console}");
     }
 }
 
 #[test]
 fn triple_fault_is_reported() {
-    let (reason, console) = run(config(&probe().0, "triple-fault"));
+    let (reason, console) = run(config(probe().0, "triple-fault"));
     assert_eq!(reason, ExitReason::TripleFault, "{console}");
 }
 
 #[test]
 fn kill_stops_a_spinning_guest() {
-    let mut vm = Vm::new(VmConfig { vcpus: 2, ..config(&probe().0, "spin") }).unwrap();
+    let mut vm = Vm::new(VmConfig { vcpus: 2, ..config(probe().0, "spin") }).unwrap();
     vm.start().unwrap();
     assert!(vm.console().unwrap().wait_for("action=spin", GUEST_TIMEOUT));
     let handle = vm.handle();
@@ -86,7 +86,7 @@ fn kill_stops_a_spinning_guest() {
 
 #[test]
 fn dropping_a_running_vm_stops_it() {
-    let mut vm = Vm::new(config(&probe().0, "spin")).unwrap();
+    let mut vm = Vm::new(config(probe().0, "spin")).unwrap();
     vm.start().unwrap();
     let handle = vm.handle();
     drop(vm);
@@ -95,7 +95,7 @@ fn dropping_a_running_vm_stops_it() {
 
 #[test]
 fn invalid_configs_fail_before_any_vcpu_exists() {
-    let kernel = &probe().0;
+    let kernel = probe().0;
     let cases: Vec<(VmConfig, &str)> = vec![
         (VmConfig { vcpus: 0, ..VmConfig::new(kernel) }, "vcpus:"),
         (VmConfig { vcpus: 33, ..VmConfig::new(kernel) }, "vcpus:"),

@@ -3,9 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vmm::{ConsoleConfig, ExitReason, Vm, VmConfig};
@@ -13,21 +11,12 @@ use vmm::{ConsoleConfig, ExitReason, Vm, VmConfig};
 pub const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// (bzImage, PVH ELF), built once per test binary by tests/probe/build.
-pub fn probe() -> &'static (PathBuf, PathBuf) {
-    static PROBE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    PROBE.get_or_init(|| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/probe/build");
-        let output = Command::new(&script).output().expect("run tests/probe/build");
-        assert!(output.status.success(), "tests/probe/build: {}", String::from_utf8_lossy(&output.stderr));
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        let mut lines = stdout.lines().rev();
-        let bzimage = PathBuf::from(lines.next().unwrap());
-        let elf = PathBuf::from(lines.next().unwrap());
-        (bzimage, elf)
-    })
+pub fn probe() -> (&'static PathBuf, &'static PathBuf) {
+    let images = e2e::probe();
+    (&images.bzimage, &images.elf)
 }
 
-pub fn config(kernel: &PathBuf, action: &str) -> VmConfig {
+pub fn config(kernel: &Path, action: &str) -> VmConfig {
     VmConfig {
         cmdline: format!("probe.action={action}"),
         console: ConsoleConfig { ring_bytes: 64 << 10, ..Default::default() },

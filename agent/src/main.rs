@@ -1,9 +1,8 @@
 //! `kvmlet`: runs KubeVirt VirtualMachines as rust-vmm microVMs.
 
-mod cli;
-
 use std::process::ExitCode;
 
+use agent::cli;
 use clap::Parser;
 
 fn main() -> anyhow::Result<ExitCode> {

@@ -1,0 +1,5 @@
+//! The kvmlet agent: the command line, and (as they land) the embedded API
+//! server, the VM controller and the node loop. `main.rs` is a thin shell.
+
+pub mod apiserver;
+pub mod cli;

@@ -121,3 +121,33 @@ mod tests {
         assert_eq!(probe_lines(console).len(), 2);
     }
 }
+
+/// Runs `cmd` to completion, or kills it after `timeout`; returns (finished,
+/// stdout, stderr) so a test can say what a hung program printed.
+pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> (bool, String, String) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + timeout;
+    let finished = loop {
+        if child.try_wait().expect("wait").is_some() {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (finished, stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default())
+}

@@ -108,20 +108,6 @@ pub fn probe_value<'a>(console: &'a str, prefix: &str, key: &str) -> Option<&'a 
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn probe_values_are_found_by_prefix_and_key() {
-        let console = "noise\nprobe: smbios uuid=1234 serial=abc\r\nprobe: cpus=2\n";
-        assert_eq!(probe_value(console, "smbios", "serial"), Some("abc"));
-        assert_eq!(probe_value(console, "cpus", "cpus"), Some("2"));
-        assert_eq!(probe_value(console, "smbios", "missing"), None);
-        assert_eq!(probe_lines(console).len(), 2);
-    }
-}
-
 /// Runs `cmd` to completion, or kills it after `timeout`; returns (finished,
 /// stdout, stderr) so a test can say what a hung program printed.
 pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> (bool, String, String) {
@@ -150,4 +136,18 @@ pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> (bool, 
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     (finished, stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_values_are_found_by_prefix_and_key() {
+        let console = "noise\nprobe: smbios uuid=1234 serial=abc\r\nprobe: cpus=2\n";
+        assert_eq!(probe_value(console, "smbios", "serial"), Some("abc"));
+        assert_eq!(probe_value(console, "cpus", "cpus"), Some("2"));
+        assert_eq!(probe_value(console, "smbios", "missing"), None);
+        assert_eq!(probe_lines(console).len(), 2);
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -274,11 +274,6 @@ pub fn host_memory_mib() -> u64 {
         return 0;
     }
     (pages as u64).saturating_mul(page_size as u64) >> 20
-}
-
-/// True if `path` names a file this process can read.
-pub fn readable(path: &Path) -> bool {
-    File::open(path).is_ok()
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! One vCPU: its boot state, and the thread that runs it and dispatches its
 //! exits to the buses until the VM stops.
 
-use std::sync::{Arc, Once};
+use std::sync::{Arc, OnceLock};
 
 use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -23,15 +23,13 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
     // Nothing to do: being interrupted makes KVM_RUN return EINTR.
 }
 
-/// Installs the kick handler once per process.
+/// Installs the kick handler once per process (and remembers if that failed).
 pub fn install_kick_handler() -> Result<(), Error> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        result =
-            register_signal_handler(kick_signal(), on_kick).map_err(|e| Error::Kvm("install vCPU kick handler", e));
-    });
-    result
+    static INSTALLED: OnceLock<Result<(), vmm_sys_util::errno::Error>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(kick_signal(), on_kick))
+        .clone()
+        .map_err(|e| Error::Kvm("install vCPU kick handler", e))
 }
 
 pub struct Vcpu {

@@ -26,9 +26,7 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 /// Installs the kick handler once per process (and remembers if that failed).
 pub fn install_kick_handler() -> Result<(), Error> {
     static INSTALLED: OnceLock<Result<(), vmm_sys_util::errno::Error>> = OnceLock::new();
-    INSTALLED
-        .get_or_init(|| register_signal_handler(kick_signal(), on_kick))
-        .clone()
+    (*INSTALLED.get_or_init(|| register_signal_handler(kick_signal(), on_kick)))
         .map_err(|e| Error::Kvm("install vCPU kick handler", e))
 }
 

@@ -1,7 +1,21 @@
 //! The embedded Kubernetes-compatible API of `kvmlet standalone` (issue 7).
 //!
-//! Built in layers; this is the first: the durable store. The HTTP layer
-//! (discovery, CRUD, patches, watch, deletion, tables, validation) serves
-//! from it.
+//! Layers: `store` (durable objects and change log), `resources` (what is
+//! served), `discovery`, `objects` (CRUD, patches, deletion with finalizers,
+//! selectors), `admission` (KubeVirt's validation), `status` (errors as
+//! Status objects), `server` (router, listeners, kubeconfig).
+//!
+//! kubectl talks HTTP to a loopback TCP port (kubectl cannot use a unix
+//! socket); local clients may use the unix socket `DIR/api.sock` (0600).
+//! Not yet served: watch, tables, server-side apply, garbage
+//! collection by ownerReferences, bearer tokens.
 
+pub mod admission;
+pub mod discovery;
+pub mod objects;
+pub mod openapi;
+pub mod patch;
+pub mod resources;
+pub mod server;
+pub mod status;
 pub mod store;

@@ -3,6 +3,7 @@
 mod firmware_dump;
 mod nocloud;
 mod run;
+mod standalone;
 mod vm_args;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ pub enum Command {
     FirmwareDump(firmware_dump::FirmwareDumpArgs),
     /// Write a cloud-init NoCloud seed image (like cloud-localds).
     Nocloud(nocloud::NocloudArgs),
+    /// Serve the kubevirt.io/v1 API on this machine (kubectl --kubeconfig DIR/kubeconfig).
+    Standalone(standalone::StandaloneArgs),
 }
 
 impl Command {
@@ -41,6 +44,7 @@ impl Command {
             Command::Run(args) => run::main(args),
             Command::FirmwareDump(args) => firmware_dump::main(args).map(|()| ExitCode::SUCCESS),
             Command::Nocloud(args) => nocloud::main(args).map(|()| ExitCode::SUCCESS),
+            Command::Standalone(args) => standalone::main(args).map(|()| ExitCode::SUCCESS),
         }
     }
 }

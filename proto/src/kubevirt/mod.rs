@@ -11,6 +11,20 @@ mod vmi;
 pub use vm::*;
 pub use vmi::*;
 
+/// The CRDs for both kinds, generated from these types (deploy/ and the
+/// embedded API's schemas come from here).
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    vec![VirtualMachine::crd(), VirtualMachineInstance::crd()]
+}
+
+/// The OpenAPI v3 schema of objects of `kind`, from its CRD.
+pub fn object_schema(kind: &str) -> Option<serde_json::Value> {
+    let crd = crds().into_iter().find(|crd| crd.spec.names.kind == kind)?;
+    let schema = crd.spec.versions.first()?.schema.as_ref()?.open_api_v3_schema.as_ref()?;
+    serde_json::to_value(schema).ok()
+}
+
 /// The API group and version of both kinds.
 pub const API_GROUP: &str = "kubevirt.io";
 pub const API_VERSION: &str = "kubevirt.io/v1";

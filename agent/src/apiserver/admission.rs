@@ -1,0 +1,76 @@
+//! Admission checks, with KubeVirt's messages where it has them.
+
+use serde_json::Value;
+
+use super::resources::Resource;
+use super::status::ApiError;
+
+fn invalid(resource: &Resource, name: &str, field: &str, message: &str) -> ApiError {
+    let mut error = ApiError::invalid(resource.kind, name, vec![(field.to_string(), message.to_string())]);
+    error.message = format!("{}.{} \"{name}\" is invalid: {field}: {message}", resource.kind, resource.group);
+    error.subject = Some(Box::new((resource.group.to_string(), resource.kind.to_string(), name.to_string())));
+    error
+}
+
+/// Checks an object about to be stored; `Err` is the 422 to return.
+pub fn check(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
+    match resource.kind {
+        "VirtualMachine" => {
+            let spec = &object["spec"];
+            let running = spec.get("running").filter(|v| !v.is_null());
+            let strategy = spec.get("runStrategy").filter(|v| !v.is_null());
+            if running.is_some() && strategy.is_some() {
+                return Err(invalid(resource, name, "spec.running", "Running and RunStrategy are mutually exclusive"));
+            }
+            if let Some(strategy) = strategy {
+                let known = strategy.as_str().and_then(proto::RunStrategy::parse).is_some();
+                if !known {
+                    return Err(invalid(
+                        resource,
+                        name,
+                        "spec.runStrategy",
+                        &format!("Invalid RunStrategy ({strategy})"),
+                    ));
+                }
+            }
+            typed::<proto::VirtualMachine>(resource, name, object)
+        }
+        "VirtualMachineInstance" => typed::<proto::VirtualMachineInstance>(resource, name, object),
+        _ => Ok(()),
+    }
+}
+
+/// The object must be a well-formed instance of its Rust type; the error
+/// names the path serde stopped at.
+fn typed<T: serde::de::DeserializeOwned>(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
+    serde_json::from_value::<T>(object.clone()).map(|_| ()).map_err(|e| invalid(resource, name, "spec", &e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn vm(spec: Value) -> Value {
+        json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": "a"}, "spec": spec})
+    }
+
+    fn template() -> Value {
+        json!({"spec": {"domain": {"devices": {}}}})
+    }
+
+    #[test]
+    fn kubevirt_run_strategy_rules() {
+        let resource = Resource::find("kubevirt.io", "v1", "virtualmachines").unwrap();
+        assert!(check(resource, "a", &vm(json!({"running": true, "template": template()}))).is_ok());
+        let both = check(resource, "a", &vm(json!({"running": true, "runStrategy": "Always", "template": template()})));
+        assert!(both.unwrap_err().message.contains("Running and RunStrategy are mutually exclusive"));
+        let unknown = check(resource, "a", &vm(json!({"runStrategy": "Sometimes", "template": template()})));
+        let error = unknown.unwrap_err();
+        assert_eq!(error.code.as_u16(), 422);
+        assert!(error.message.contains("Invalid RunStrategy"), "{}", error.message);
+        let malformed = check(resource, "a", &vm(json!({"running": "yes", "template": template()})));
+        assert_eq!(malformed.unwrap_err().code.as_u16(), 422);
+    }
+}

@@ -1,0 +1,434 @@
+//! CRUD on objects: the semantics clients rely on (uid, creationTimestamp,
+//! generation bumped on spec changes only, resourceVersion preconditions,
+//! generateName, status subresources, finalizers holding deletion, label and
+//! field selectors).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::admission;
+use super::openapi;
+use super::patch;
+use super::resources::{Resource, RESOURCES};
+use super::status::ApiError;
+use super::store::{ObjectKey, Scope, Store};
+
+pub type Shared = Arc<Store>;
+
+/// What a request path names.
+#[derive(Debug)]
+struct Target {
+    resource: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+impl Target {
+    fn parse(group: &str, version: &str, rest: &str) -> Result<Target, ApiError> {
+        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let lookup = |plural: &str| {
+            Resource::find(group, version, plural).ok_or_else(|| ApiError::not_found("resource", plural))
+        };
+        let namespaced_collection = segments.len() >= 3
+            && segments[0] == "namespaces"
+            && RESOURCES.iter().any(|r| r.group == group && r.version == version && r.plural == segments[2]);
+        let (resource, namespace, rest) = if namespaced_collection {
+            (lookup(segments[2])?, Some(segments[1].to_string()), &segments[3..])
+        } else {
+            (lookup(segments.first().copied().unwrap_or_default())?, None, segments.get(1..).unwrap_or_default())
+        };
+        if resource.namespaced == namespace.is_none() && !rest.is_empty() {
+            return Err(ApiError::not_found("resource", resource.plural));
+        }
+        Ok(Target {
+            resource,
+            namespace,
+            name: rest.first().map(|s| s.to_string()),
+            subresource: rest.get(1).map(|s| s.to_string()),
+        })
+    }
+
+    fn key(&self, name: &str) -> ObjectKey {
+        ObjectKey::new(&self.resource.store_name(), self.namespace.as_deref(), name)
+    }
+
+    fn what(&self) -> String {
+        if self.resource.group.is_empty() {
+            self.resource.plural.to_string()
+        } else {
+            format!("{}.{}", self.resource.plural, self.resource.group)
+        }
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn random_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..5].to_string()
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
+}
+
+fn labels_match(object: &Value, selector: &str) -> bool {
+    let labels = &object["metadata"]["labels"];
+    selector.split(',').map(str::trim).filter(|s| !s.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels[k.trim()].as_str() != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            labels[k.trim()].as_str() == Some(v.trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            labels.get(k.trim()).is_none()
+        } else {
+            labels.get(term).is_some()
+        }
+    })
+}
+
+fn fields_match(object: &Value, selector: &str) -> bool {
+    selector.split(',').map(str::trim).filter(|s| !s.is_empty()).all(|term| {
+        let (path, value, equal) = match term.split_once("!=") {
+            Some((p, v)) => (p, v, false),
+            None => match term.split_once("==").or_else(|| term.split_once('=')) {
+                Some((p, v)) => (p, v, true),
+                None => return false,
+            },
+        };
+        let pointer = format!("/{}", path.trim().replace('.', "/"));
+        (object.pointer(&pointer).and_then(Value::as_str) == Some(value.trim())) == equal
+    })
+}
+
+fn list(store: &Store, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let scope = Scope { resource: target.resource.store_name(), namespace: target.namespace.clone() };
+    let (items, revision) = store.list(&scope).map_err(|e| ApiError::internal(e.to_string()))?;
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|(_, object)| object)
+        .filter(|o| query.get("labelSelector").is_none_or(|s| labels_match(o, s)))
+        .filter(|o| query.get("fieldSelector").is_none_or(|s| fields_match(o, s)))
+        .collect();
+    Ok(Json(json!({
+        "kind": format!("{}List", target.resource.kind),
+        "apiVersion": target.resource.api_version(),
+        "metadata": {"resourceVersion": revision.to_string()},
+        "items": items,
+    }))
+    .into_response())
+}
+
+fn get(store: &Store, target: &Target, name: &str) -> Result<Value, ApiError> {
+    store
+        .get(&target.key(name))
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found(&target.what(), name))
+}
+
+fn namespace_exists(store: &Store, namespace: &str) -> Result<(), ApiError> {
+    let key = ObjectKey::new("core/namespaces", None, namespace);
+    match store.get(&key) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(ApiError::not_found("namespaces", namespace)),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+/// With `fieldValidation=Strict` (kubectl's default), fields the schema does
+/// not know are an error, as on a real API server.
+fn check_fields(target: &Target, object: &Value, strict: bool) -> Result<(), ApiError> {
+    if !strict {
+        return Ok(());
+    }
+    let mut unknown = Vec::new();
+    openapi::unknown_fields(&openapi::schema(target.resource), object, "", &mut unknown);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    let kind = target.resource.kind;
+    Err(ApiError::bad_request(format!(
+        "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+        target.resource.version,
+        fields.join(", ")
+    )))
+}
+
+fn create(store: &Store, target: &Target, mut object: Value, strict: bool) -> Result<Response, ApiError> {
+    check_fields(target, &object, strict)?;
+    let resource = target.resource;
+    if let Some(namespace) = &target.namespace {
+        namespace_exists(store, namespace)?;
+    }
+    let meta = object
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| ApiError::bad_request("metadata is required"))?;
+    let name = match (meta.get("name").and_then(Value::as_str), meta.get("generateName").and_then(Value::as_str)) {
+        (Some(name), _) if !name.is_empty() => name.to_string(),
+        (_, Some(prefix)) => format!("{prefix}{}", random_suffix()),
+        _ => {
+            return Err(ApiError::invalid(
+                resource.kind,
+                "",
+                vec![("metadata.name".into(), "Required value: name or generateName is required".into())],
+            ))
+        }
+    };
+    if let (Some(body_ns), Some(url_ns)) = (meta.get("namespace").and_then(Value::as_str), &target.namespace) {
+        if body_ns != url_ns {
+            return Err(ApiError::bad_request(format!(
+                "the namespace of the object ({body_ns}) does not match the namespace on the request ({url_ns})"
+            )));
+        }
+    }
+    meta.insert("name".into(), json!(name));
+    if let Some(namespace) = &target.namespace {
+        meta.insert("namespace".into(), json!(namespace));
+    }
+    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    meta.insert("creationTimestamp".into(), json!(now()));
+    meta.insert("generation".into(), json!(1));
+    meta.remove("resourceVersion");
+    meta.remove("deletionTimestamp");
+    object["apiVersion"] = json!(resource.api_version());
+    object["kind"] = json!(resource.kind);
+    if resource.status_subresource {
+        // Status is written by controllers through /status, never on create.
+        object.as_object_mut().expect("an object").remove("status");
+    }
+    admission::check(resource, &name, &object)?;
+    let stored =
+        store.create(&target.key(&name), object).map_err(|e| ApiError::from_store(e, &target.what(), &name))?;
+    Ok((StatusCode::CREATED, Json(stored)).into_response())
+}
+
+/// Replaces `current` with `new` as PUT/PATCH do: identity fields are kept,
+/// status (or everything but status, for /status) is taken from `current`.
+fn update(
+    store: &Store,
+    target: &Target,
+    name: &str,
+    current: Value,
+    mut new: Value,
+    strict: bool,
+) -> Result<Response, ApiError> {
+    check_fields(target, &new, strict)?;
+    let resource = target.resource;
+    let precondition = new["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok());
+    let status_only = target.subresource.as_deref() == Some("status");
+    if resource.status_subresource {
+        if status_only {
+            let status = new.get("status").cloned();
+            new = current.clone();
+            match status {
+                Some(status) => new["status"] = status,
+                None => {
+                    new.as_object_mut().expect("an object").remove("status");
+                }
+            }
+        } else {
+            match current.get("status") {
+                Some(status) => new["status"] = status.clone(),
+                None => {
+                    new.as_object_mut().map(|o| o.remove("status"));
+                }
+            }
+        }
+    }
+    for field in ["uid", "creationTimestamp", "name", "namespace", "generation", "deletionTimestamp"] {
+        match current["metadata"].get(field) {
+            Some(value) => new["metadata"][field] = value.clone(),
+            None => {
+                new["metadata"].as_object_mut().map(|m| m.remove(field));
+            }
+        }
+    }
+    new["apiVersion"] = json!(resource.api_version());
+    new["kind"] = json!(resource.kind);
+    if new.get("spec") != current.get("spec") {
+        let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+        new["metadata"]["generation"] = json!(generation);
+    }
+    admission::check(resource, name, &new)?;
+    // An object being deleted goes away once its last finalizer is removed.
+    let finalizers_empty = new["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
+    if current["metadata"].get("deletionTimestamp").is_some() && finalizers_empty {
+        let gone =
+            store.delete(&target.key(name), precondition).map_err(|e| ApiError::from_store(e, &target.what(), name))?;
+        return Ok(Json(gone).into_response());
+    }
+    let stored = store
+        .update(&target.key(name), new, precondition)
+        .map_err(|e| ApiError::from_store(e, &target.what(), name))?;
+    Ok(Json(stored).into_response())
+}
+
+fn delete(store: &Store, target: &Target, name: &str, body: &Bytes) -> Result<Response, ApiError> {
+    let current = get(store, target, name)?;
+    let options: Value = if body.is_empty() { json!({}) } else { parse_body(body)? };
+    let precondition = options["preconditions"]["resourceVersion"].as_str().and_then(|v| v.parse().ok());
+    let has_finalizers = current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+    if has_finalizers {
+        if current["metadata"].get("deletionTimestamp").is_some() {
+            return Ok(Json(current).into_response());
+        }
+        let mut marked = current.clone();
+        marked["metadata"]["deletionTimestamp"] = json!(now());
+        let grace = options["gracePeriodSeconds"].as_i64().unwrap_or(0);
+        marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        let stored = store
+            .update(&target.key(name), marked, precondition)
+            .map_err(|e| ApiError::from_store(e, &target.what(), name))?;
+        return Ok((StatusCode::ACCEPTED, Json(stored)).into_response());
+    }
+    let gone =
+        store.delete(&target.key(name), precondition).map_err(|e| ApiError::from_store(e, &target.what(), name))?;
+    Ok(Json(gone).into_response())
+}
+
+async fn handle(
+    store: Shared,
+    method: Method,
+    target: Target,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // Writes are fsync'ed transactions: keep them off the async workers.
+    let strict = query.get("fieldValidation").is_some_and(|v| v.eq_ignore_ascii_case("strict"));
+    // Only JSON bodies are understood; 415 makes clients that tried protobuf
+    // (kubectl for built-in kinds) fall back to JSON.
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    if !body.is_empty() && !content_type.contains("json") {
+        return Err(ApiError {
+            code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            reason: "UnsupportedMediaType",
+            message: format!("the body of the request was in an unknown format - accepted media types include: application/json, application/json-patch+json, application/merge-patch+json (got {content_type})"),
+            causes: vec![],
+            subject: None,
+        });
+    }
+    tokio::task::spawn_blocking(move || {
+        let Some(name) = target.name.clone() else {
+            return match method {
+                Method::GET => list(&store, &target, &query),
+                Method::POST => create(&store, &target, parse_body(&body)?, strict),
+                _ => Err(ApiError {
+                    code: StatusCode::METHOD_NOT_ALLOWED,
+                    reason: "MethodNotAllowed",
+                    message: format!("{method} is not allowed on a collection"),
+                    causes: vec![],
+                    subject: None,
+                }),
+            };
+        };
+        match method {
+            Method::GET => get(&store, &target, &name).map(|o| Json(o).into_response()),
+            Method::PUT => {
+                let current = get(&store, &target, &name)?;
+                update(&store, &target, &name, current, parse_body(&body)?, strict)
+            }
+            Method::PATCH => {
+                let current = get(&store, &target, &name)?;
+                let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                let patch_body = parse_body(&body)?;
+                let mut patched = current.clone();
+                if content_type.starts_with("application/json-patch+json") {
+                    patched = patch::json_patch(&current, &patch_body).map_err(|e| match e {
+                        patch::JsonPatchError::TestFailed(..) => ApiError::conflict(&target.what(), &name),
+                        other => {
+                            ApiError::invalid(target.resource.kind, &name, vec![("patch".into(), other.to_string())])
+                        }
+                    })?;
+                } else if content_type.starts_with("application/merge-patch+json")
+                    || content_type.starts_with("application/strategic-merge-patch+json")
+                {
+                    patch::merge(&mut patched, &patch_body);
+                } else {
+                    return Err(ApiError {
+                        code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        reason: "UnsupportedMediaType",
+                        message: format!("the patch type {content_type} is not supported"),
+                        causes: vec![],
+                        subject: None,
+                    });
+                }
+                update(&store, &target, &name, current, patched, strict)
+            }
+            Method::DELETE => delete(&store, &target, &name, &body),
+            _ => Err(ApiError {
+                code: StatusCode::METHOD_NOT_ALLOWED,
+                reason: "MethodNotAllowed",
+                message: format!("{method} is not allowed"),
+                causes: vec![],
+                subject: None,
+            }),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+}
+
+pub async fn core(
+    State(store): State<Shared>,
+    method: Method,
+    Path(rest): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = Target::parse("", "v1", &rest)?;
+    handle(store, method, target, query, headers, body).await
+}
+
+pub async fn grouped(
+    State(store): State<Shared>,
+    method: Method,
+    Path((group, version, rest)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let target = Target::parse(&group, &version, &rest)?;
+    handle(store, method, target, query, headers, body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_resources_namespaces_and_subresources() {
+        let t = Target::parse("kubevirt.io", "v1", "namespaces/default/virtualmachines/vm-cirros/status").unwrap();
+        assert_eq!(
+            (t.resource.plural, t.namespace.as_deref(), t.name.as_deref(), t.subresource.as_deref()),
+            ("virtualmachines", Some("default"), Some("vm-cirros"), Some("status"))
+        );
+        let t = Target::parse("", "v1", "namespaces/default").unwrap();
+        assert_eq!((t.resource.plural, t.namespace, t.name.as_deref()), ("namespaces", None, Some("default")));
+        let t = Target::parse("kubevirt.io", "v1", "virtualmachines").unwrap();
+        assert_eq!((t.namespace, t.name), (None, None), "all namespaces");
+        assert!(Target::parse("kubevirt.io", "v1", "widgets").is_err());
+    }
+
+    #[test]
+    fn selectors() {
+        let object = json!({"metadata": {"name": "a", "namespace": "default", "labels": {"app": "x", "tier": "db"}}});
+        assert!(labels_match(&object, "app=x,tier"));
+        assert!(labels_match(&object, "app==x, !missing"));
+        assert!(!labels_match(&object, "app!=x"));
+        assert!(fields_match(&object, "metadata.name=a,metadata.namespace=default"));
+        assert!(!fields_match(&object, "metadata.name!=a"));
+    }
+}

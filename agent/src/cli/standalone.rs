@@ -1,0 +1,37 @@
+//! `kvmlet standalone`: the embedded Kubernetes-compatible API on one machine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::apiserver::server;
+
+#[derive(Debug, Args)]
+pub struct StandaloneArgs {
+    /// Directory for the database, the unix socket and the kubeconfig.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Loopback address for kubectl (port 0 picks a free one; see DIR/kubeconfig).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+}
+
+pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.listen.ip().is_loopback(), "--listen {}: only loopback addresses are served", args.listen);
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let store = server::open_store(&args.data_dir)?;
+        let tcp =
+            tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+        let address = tcp.local_addr()?;
+        let kubeconfig = args.data_dir.join("kubeconfig");
+        server::write_kubeconfig(&kubeconfig, &format!("http://{address}"))?;
+        let socket = args.data_dir.join("api.sock");
+        tracing::info!(%address, socket = %socket.display(), kubeconfig = %kubeconfig.display(), "API ready");
+        server::serve(server::router(store), &socket, tcp).await?;
+        anyhow::Ok(())
+    })
+}

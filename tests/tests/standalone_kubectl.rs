@@ -1,0 +1,160 @@
+//! `kvmlet standalone` driven by the real kubectl binaries of this machine:
+//! the oldest, 1.32 and the newest side by side, each in its own namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{kvmlet_bin, workspace_root};
+
+struct Standalone {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Standalone {
+    fn start() -> Standalone {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(kvmlet_bin())
+            .arg("standalone")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !kubeconfig.exists() {
+            assert!(Instant::now() < deadline, "kvmlet standalone wrote no kubeconfig");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Standalone { child, dir }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// kubectl 1.27 and 1.28 download /openapi/v2 as protobuf before every
+/// create; the server does not serve that yet (see issue 7), so the oldest
+/// kubectl exercised here is 1.29, which uses OpenAPI v3.
+const OLDEST_SUPPORTED_MINOR: u32 = 29;
+
+/// kubectl.1.NN binaries next to the machine's kubectl: the oldest supported,
+/// 1.32 and the newest.
+fn kubectls() -> Vec<PathBuf> {
+    let kubectl = e2e::require_tool("kubectl", "kubectl");
+    let dir = std::fs::canonicalize(&kubectl).unwrap().parent().unwrap().to_path_buf();
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let minor: u32 = path.file_name()?.to_str()?.strip_prefix("kubectl.1.")?.parse().ok()?;
+            (minor >= OLDEST_SUPPORTED_MINOR).then_some((minor, path))
+        })
+        .collect();
+    versions.sort();
+    assert!(!versions.is_empty(), "no kubectl.1.NN binaries next to {}", kubectl.display());
+    let mut chosen: Vec<PathBuf> = Vec::new();
+    for pick in [versions.first(), versions.iter().find(|(m, _)| *m == 32), versions.last()].into_iter().flatten() {
+        if !chosen.contains(&pick.1) {
+            chosen.push(pick.1.clone());
+        }
+    }
+    chosen
+}
+
+fn kubectl(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--kubeconfig").arg(api.kubeconfig()).args(args);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(binary, api, args, stdin);
+    assert!(out.status.success(), "{} {args:?} failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(binary, api, args, stdin);
+    assert!(!out.status.success(), "{} {args:?} should have failed", binary.display());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn kubectl_walks_through_the_user_guide() {
+    let api = Standalone::start();
+    let manifest = std::fs::read_to_string(workspace_root().join("examples/vm-cirros.yaml")).unwrap();
+    for binary in kubectls() {
+        let version = binary.file_name().unwrap().to_string_lossy().replace("kubectl.", "v");
+        let ns = format!("walk-{}", version.replace('.', "-"));
+        let k = |args: &[&str]| ok(&binary, &api, args, None);
+        // `kubectl create namespace` sends protobuf (1.32+), which the server
+        // does not decode yet; a manifest goes as JSON.
+        let namespace = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+        ok(&binary, &api, &["create", "-f", "-"], Some(&namespace));
+        let created = ok(&binary, &api, &["create", "-n", &ns, "-f", "-"], Some(&manifest));
+        assert!(created.contains("virtualmachine.kubevirt.io/vm-cirros created"), "{version}: {created}");
+
+        let vms = k(&["get", "vms", "-n", &ns]);
+        assert!(vms.lines().any(|l| l.starts_with("vm-cirros")), "{version}: {vms}");
+        let short = k(&["get", "vm", "-n", &ns, "-o", "name"]);
+        assert_eq!(short.trim(), "virtualmachine.kubevirt.io/vm-cirros", "{version}");
+        let vmis = kubectl(&binary, &api, &["get", "vmis", "-n", &ns], None);
+        assert!(String::from_utf8_lossy(&vmis.stderr).contains("No resources found"), "{version}");
+
+        k(&["patch", "vm", "vm-cirros", "-n", &ns, "--type", "merge", "-p", r#"{"spec":{"running":true}}"#]);
+        let running =
+            k(&["get", "vm", "vm-cirros", "-n", &ns, "-o", "jsonpath={.spec.running} {.metadata.generation}"]);
+        assert_eq!(running, "true 2", "{version}: a spec change bumps the generation");
+        k(&["patch", "vm", "vm-cirros", "-n", &ns, "--type", "merge", "-p", r#"{"spec":{"running":false}}"#]);
+
+        // -o yaml round trip: what kubectl prints, it can replace with.
+        let yaml = k(&["get", "vm", "vm-cirros", "-n", &ns, "-o", "yaml"]);
+        assert!(yaml.contains("uid:") && yaml.contains("resourceVersion:"), "{version}: {yaml}");
+        let replaced = ok(&binary, &api, &["replace", "-f", "-"], Some(&yaml));
+        assert!(replaced.contains("replaced"), "{version}: {replaced}");
+        let stale = fails(&binary, &api, &["replace", "-f", "-"], Some(&yaml));
+        assert!(
+            stale.contains("the object has been modified"),
+            "{version}: a stale resourceVersion conflicts: {stale}"
+        );
+
+        let both = fails(
+            &binary,
+            &api,
+            &["patch", "vm", "vm-cirros", "-n", &ns, "--type", "merge", "-p", r#"{"spec":{"runStrategy":"Always"}}"#],
+            None,
+        );
+        assert!(both.contains("Running and RunStrategy are mutually exclusive"), "{version}: {both}");
+
+        let bogus = manifest
+            .replace("  running: false\n", "  running: false\n  bogus: 1\n")
+            .replace("name: vm-cirros\nspec", "name: vm-bogus\nspec");
+        let strict = fails(&binary, &api, &["create", "-n", &ns, "-f", "-"], Some(&bogus));
+        assert!(strict.contains("unknown field \"spec.bogus\""), "{version}: {strict}");
+
+        let deleted = k(&["delete", "vm", "vm-cirros", "-n", &ns]);
+        assert!(deleted.contains("deleted"), "{version}: {deleted}");
+        let gone = kubectl(&binary, &api, &["get", "vm", "vm-cirros", "-n", &ns], None);
+        assert!(String::from_utf8_lossy(&gone.stderr).contains("not found"), "{version}");
+    }
+}

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub mod linux;
+pub mod standalone;
 
 /// The workspace root (this crate lives in `tests/`).
 pub fn workspace_root() -> &'static Path {

@@ -2,47 +2,10 @@
 //! the oldest, 1.32 and the newest side by side, each in its own namespace.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
-use e2e::{kvmlet_bin, workspace_root};
-
-struct Standalone {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Standalone {
-    fn start() -> Standalone {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(kvmlet_bin())
-            .arg("standalone")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !kubeconfig.exists() {
-            assert!(Instant::now() < deadline, "kvmlet standalone wrote no kubeconfig");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Standalone { child, dir }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
-    }
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use e2e::standalone::Standalone;
+use e2e::workspace_root;
 
 /// kubectl 1.27 and 1.28 download /openapi/v2 as protobuf before every
 /// create; the server does not serve that yet (see issue 7), so the oldest

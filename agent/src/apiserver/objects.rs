@@ -19,6 +19,7 @@ use super::patch;
 use super::resources::{Resource, RESOURCES};
 use super::status::ApiError;
 use super::store::{ObjectKey, Scope, Store};
+use super::watch::{self, WatchRequest};
 
 pub type Shared = Arc<Store>;
 
@@ -81,7 +82,7 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
 }
 
-fn labels_match(object: &Value, selector: &str) -> bool {
+pub(super) fn labels_match(object: &Value, selector: &str) -> bool {
     let labels = &object["metadata"]["labels"];
     selector.split(',').map(str::trim).filter(|s| !s.is_empty()).all(|term| {
         if let Some((k, v)) = term.split_once("!=") {
@@ -96,7 +97,7 @@ fn labels_match(object: &Value, selector: &str) -> bool {
     })
 }
 
-fn fields_match(object: &Value, selector: &str) -> bool {
+pub(super) fn fields_match(object: &Value, selector: &str) -> bool {
     selector.split(',').map(str::trim).filter(|s| !s.is_empty()).all(|term| {
         let (path, value, equal) = match term.split_once("!=") {
             Some((p, v)) => (p, v, false),
@@ -297,6 +298,29 @@ fn delete(store: &Store, target: &Target, name: &str, body: &Bytes) -> Result<Re
     Ok(Json(gone).into_response())
 }
 
+fn watch(store: Shared, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let number = |key: &str| query.get(key).filter(|v| !v.is_empty()).map(|v| v.parse::<u64>());
+    let resource_version =
+        number("resourceVersion").transpose().map_err(|_| ApiError::bad_request("resourceVersion must be a number"))?;
+    let timeout =
+        number("timeoutSeconds").transpose().map_err(|_| ApiError::bad_request("timeoutSeconds must be a number"))?;
+    let (labels, fields) = (query.get("labelSelector").cloned(), query.get("fieldSelector").cloned());
+    let request = WatchRequest {
+        resource: target.resource,
+        scope: Scope { resource: target.resource.store_name(), namespace: target.namespace.clone() },
+        resource_version,
+        send_initial_events: query.get("sendInitialEvents").is_some_and(|v| v == "true"),
+        bookmarks: query.get("allowWatchBookmarks").is_some_and(|v| v == "true"),
+        timeout: timeout.map(std::time::Duration::from_secs),
+        selects: Box::new(move |object| {
+            labels.as_deref().is_none_or(|s| labels_match(object, s))
+                && fields.as_deref().is_none_or(|s| fields_match(object, s))
+        }),
+    };
+    let body = watch::start(store, request);
+    Ok(([("content-type", "application/json")], body).into_response())
+}
+
 async fn handle(
     store: Shared,
     method: Method,
@@ -305,6 +329,9 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if method == Method::GET && target.name.is_none() && query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        return watch(store, &target, &query);
+    }
     // Writes are fsync'ed transactions: keep them off the async workers.
     let strict = query.get("fieldValidation").is_some_and(|v| v.eq_ignore_ascii_case("strict"));
     // Only JSON bodies are understood; 415 makes clients that tried protobuf

@@ -1,0 +1,140 @@
+//! Watches: a stream of `{"type", "object"}` lines from a resourceVersion on.
+//!
+//! The stream subscribes to committed changes *before* it reads the starting
+//! state (a snapshot or the change log), and forwards live changes newer than
+//! what it already sent, so nothing committed in between is lost or repeated.
+//! A resourceVersion older than the change log gets a 410 Expired ERROR event;
+//! a watcher that falls too far behind the live stream gets the same and
+//! relists. Bookmarks carry the latest revision; `sendInitialEvents` ends its
+//! initial ADDED events with a bookmark annotated `k8s.io/initial-events-end`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::objects::Shared;
+use super::resources::Resource;
+use super::store::{EventType, Scope, StoreError};
+
+/// Longest watch when the client names no timeout (the API server picks 30-60 min).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
+
+pub struct WatchRequest {
+    pub resource: &'static Resource,
+    pub scope: Scope,
+    pub resource_version: Option<u64>,
+    pub send_initial_events: bool,
+    pub bookmarks: bool,
+    pub timeout: Option<Duration>,
+    /// Whether an object passes the request's label and field selectors.
+    pub selects: Box<dyn Fn(&Value) -> bool + Send + Sync>,
+}
+
+type Sink = mpsc::Sender<Result<Bytes, Infallible>>;
+
+async fn send(sink: &Sink, kind: &str, object: &Value) -> bool {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("JSON serializes");
+    line.push(b'\n');
+    sink.send(Ok(Bytes::from(line))).await.is_ok()
+}
+
+fn expired(message: String) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": "Expired", "code": 410})
+}
+
+fn bookmark(resource: &Resource, revision: u64, initial_events_end: bool) -> Value {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if initial_events_end {
+        metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    json!({"kind": resource.kind, "apiVersion": resource.api_version(), "metadata": metadata})
+}
+
+fn type_name(kind: EventType) -> &'static str {
+    match kind {
+        EventType::Added => "ADDED",
+        EventType::Modified => "MODIFIED",
+        EventType::Deleted => "DELETED",
+    }
+}
+
+/// The response body of a watch; the stream runs on its own task.
+pub fn start(store: Shared, request: WatchRequest) -> Body {
+    let (sink, stream) = mpsc::channel(256);
+    tokio::spawn(run(store, request, sink));
+    Body::from_stream(ReceiverStream::new(stream))
+}
+
+async fn run(store: Shared, request: WatchRequest, sink: Sink) {
+    let mut live = store.subscribe();
+    let initial_state = request.send_initial_events || request.resource_version.is_none_or(|rv| rv == 0);
+    let mut last = if initial_state {
+        let Ok((items, revision)) = store.list(&request.scope) else { return };
+        for (_, object) in items.iter().filter(|(_, o)| (request.selects)(o)) {
+            if !send(&sink, "ADDED", object).await {
+                return;
+            }
+        }
+        if request.send_initial_events && !send(&sink, "BOOKMARK", &bookmark(request.resource, revision, true)).await {
+            return;
+        }
+        revision
+    } else {
+        let from = request.resource_version.unwrap_or_default();
+        match store.events_after(from, &request.scope) {
+            Ok(events) => {
+                let mut last = from;
+                for event in events {
+                    last = event.revision;
+                    if (request.selects)(&event.object) && !send(&sink, type_name(event.kind), &event.object).await {
+                        return;
+                    }
+                }
+                last.max(store.revision().unwrap_or(last))
+            }
+            Err(error @ StoreError::Expired { .. }) => {
+                let _ = send(&sink, "ERROR", &expired(format!("too old resource version: {error}"))).await;
+                return;
+            }
+            Err(_) => return,
+        }
+    };
+
+    let deadline = tokio::time::sleep(request.timeout.unwrap_or(DEFAULT_TIMEOUT));
+    tokio::pin!(deadline);
+    let mut bookmarks = tokio::time::interval(BOOKMARK_INTERVAL);
+    bookmarks.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return,
+            _ = bookmarks.tick(), if request.bookmarks => {
+                if !send(&sink, "BOOKMARK", &bookmark(request.resource, last, false)).await {
+                    return;
+                }
+            }
+            change = live.recv() => match change {
+                Ok(event) => {
+                    if event.revision <= last || !request.scope.contains(&event.key) {
+                        continue;
+                    }
+                    last = event.revision;
+                    if (request.selects)(&event.object) && !send(&sink, type_name(event.kind), &event.object).await {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    let message = format!("the watch fell {missed} changes behind; relist");
+                    let _ = send(&sink, "ERROR", &expired(message)).await;
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = sink.closed() => return,
+        }
+    }
+}

@@ -79,8 +79,12 @@ fn kubectl_walks_through_the_user_guide() {
 
         let vms = k(&["get", "vms", "-n", &ns]);
         assert!(vms.lines().any(|l| l.starts_with("vm-cirros")), "{version}: {vms}");
+        let header: Vec<&str> = vms.lines().next().unwrap_or_default().split_whitespace().collect();
+        assert_eq!(header, ["NAME", "AGE", "STATUS", "READY"], "{version}: KubeVirt's columns");
         let short = k(&["get", "vm", "-n", &ns, "-o", "name"]);
         assert_eq!(short.trim(), "virtualmachine.kubevirt.io/vm-cirros", "{version}");
+        let all = k(&["get", "vms", "-A"]);
+        assert!(all.lines().next().unwrap_or_default().starts_with("NAMESPACE"), "{version}: {all}");
         let vmis = kubectl(&binary, &api, &["get", "vmis", "-n", &ns], None);
         assert!(String::from_utf8_lossy(&vmis.stderr).contains("No resources found"), "{version}");
 

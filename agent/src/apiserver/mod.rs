@@ -7,7 +7,7 @@
 //!
 //! kubectl talks HTTP to a loopback TCP port (kubectl cannot use a unix
 //! socket); local clients may use the unix socket `DIR/api.sock` (0600).
-//! Not yet served: tables, server-side apply, garbage
+//! Not yet served: server-side apply, garbage
 //! collection by ownerReferences, bearer tokens.
 
 pub mod admission;
@@ -19,4 +19,5 @@ pub mod resources;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod table;
 pub mod watch;

@@ -19,6 +19,7 @@ use super::patch;
 use super::resources::{Resource, RESOURCES};
 use super::status::ApiError;
 use super::store::{ObjectKey, Scope, Store};
+use super::table;
 use super::watch::{self, WatchRequest};
 
 pub type Shared = Arc<Store>;
@@ -111,7 +112,7 @@ pub(super) fn fields_match(object: &Value, selector: &str) -> bool {
     })
 }
 
-fn list(store: &Store, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+fn list(store: &Store, target: &Target, query: &HashMap<String, String>, as_table: bool) -> Result<Response, ApiError> {
     let scope = Scope { resource: target.resource.store_name(), namespace: target.namespace.clone() };
     let (items, revision) = store.list(&scope).map_err(|e| ApiError::internal(e.to_string()))?;
     let items: Vec<Value> = items
@@ -120,6 +121,9 @@ fn list(store: &Store, target: &Target, query: &HashMap<String, String>) -> Resu
         .filter(|o| query.get("labelSelector").is_none_or(|s| labels_match(o, s)))
         .filter(|o| query.get("fieldSelector").is_none_or(|s| fields_match(o, s)))
         .collect();
+    if as_table {
+        return Ok(Json(table::table(target.resource, &items, revision)).into_response());
+    }
     Ok(Json(json!({
         "kind": format!("{}List", target.resource.kind),
         "apiVersion": target.resource.api_version(),
@@ -334,6 +338,7 @@ async fn handle(
     }
     // Writes are fsync'ed transactions: keep them off the async workers.
     let strict = query.get("fieldValidation").is_some_and(|v| v.eq_ignore_ascii_case("strict"));
+    let as_table = headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(table::wanted);
     // Only JSON bodies are understood; 415 makes clients that tried protobuf
     // (kubectl for built-in kinds) fall back to JSON.
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
@@ -349,7 +354,7 @@ async fn handle(
     tokio::task::spawn_blocking(move || {
         let Some(name) = target.name.clone() else {
             return match method {
-                Method::GET => list(&store, &target, &query),
+                Method::GET => list(&store, &target, &query, as_table),
                 Method::POST => create(&store, &target, parse_body(&body)?, strict),
                 _ => Err(ApiError {
                     code: StatusCode::METHOD_NOT_ALLOWED,
@@ -361,6 +366,11 @@ async fn handle(
             };
         };
         match method {
+            Method::GET if as_table => {
+                let object = get(&store, &target, &name)?;
+                let revision = object["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+                Ok(Json(table::table(target.resource, &[object], revision)).into_response())
+            }
             Method::GET => get(&store, &target, &name).map(|o| Json(o).into_response()),
             Method::PUT => {
                 let current = get(&store, &target, &name)?;

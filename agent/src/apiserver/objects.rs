@@ -14,6 +14,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::admission;
+use super::gc;
 use super::openapi;
 use super::patch;
 use super::resources::{Resource, RESOURCES};
@@ -279,10 +280,42 @@ fn update(
     Ok(Json(stored).into_response())
 }
 
-fn delete(store: &Store, target: &Target, name: &str, body: &Bytes) -> Result<Response, ApiError> {
-    let current = get(store, target, name)?;
+fn delete(
+    store: &Store,
+    target: &Target,
+    name: &str,
+    body: &Bytes,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let mut current = get(store, target, name)?;
     let options: Value = if body.is_empty() { json!({}) } else { parse_body(body)? };
     let precondition = options["preconditions"]["resourceVersion"].as_str().and_then(|v| v.parse().ok());
+    let policy = options["propagationPolicy"]
+        .as_str()
+        .or(query.get("propagationPolicy").map(String::as_str))
+        .unwrap_or("Background");
+    match policy {
+        "Background" => {}
+        "Orphan" => {
+            if let (Some(namespace), Some(uid)) = (&target.namespace, current["metadata"]["uid"].as_str()) {
+                gc::orphan_dependents(store, namespace, uid);
+            }
+        }
+        "Foreground" => {
+            // The garbage collector deletes the dependents, then this finalizer.
+            let finalizers = current["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+            if !finalizers.iter().any(|f| f == gc::FOREGROUND_FINALIZER) {
+                let mut with = finalizers;
+                with.push(json!(gc::FOREGROUND_FINALIZER));
+                current["metadata"]["finalizers"] = Value::Array(with);
+            }
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown propagationPolicy {other}: use Background, Foreground or Orphan"
+            )))
+        }
+    }
     let has_finalizers = current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
     if has_finalizers {
         if current["metadata"].get("deletionTimestamp").is_some() {
@@ -403,7 +436,7 @@ async fn handle(
                 }
                 update(&store, &target, &name, current, patched, strict)
             }
-            Method::DELETE => delete(&store, &target, &name, &body),
+            Method::DELETE => delete(&store, &target, &name, &body, &query),
             _ => Err(ApiError {
                 code: StatusCode::METHOD_NOT_ALLOWED,
                 reason: "MethodNotAllowed",

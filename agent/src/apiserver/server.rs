@@ -11,6 +11,7 @@ use axum::Router;
 use serde_json::json;
 
 use super::discovery;
+use super::gc;
 use super::objects::{self, Shared};
 use super::openapi;
 use super::store::{ObjectKey, Store, StoreError};
@@ -63,7 +64,9 @@ pub struct Endpoints {
 }
 
 /// Serves until the process ends. The unix socket is created with mode 0600.
-pub async fn serve(router: Router, socket: &Path, tcp: tokio::net::TcpListener) -> std::io::Result<()> {
+pub async fn serve(store: Shared, socket: &Path, tcp: tokio::net::TcpListener) -> std::io::Result<()> {
+    tokio::spawn(gc::run(store.clone()));
+    let router = router(store);
     let _ = std::fs::remove_file(socket);
     let unix = tokio::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;

@@ -31,7 +31,7 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
         server::write_kubeconfig(&kubeconfig, &format!("http://{address}"))?;
         let socket = args.data_dir.join("api.sock");
         tracing::info!(%address, socket = %socket.display(), kubeconfig = %kubeconfig.display(), "API ready");
-        server::serve(server::router(store), &socket, tcp).await?;
+        server::serve(store, &socket, tcp).await?;
         anyhow::Ok(())
     })
 }

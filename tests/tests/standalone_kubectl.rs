@@ -62,6 +62,12 @@ fn fails(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) ->
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The current UTC time in RFC 3339 (seconds), from `date`.
+fn chrono_free_now() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A VMI owned by the VM (as the controller will create it).
 fn owned_vmi(vm_uid: &str) -> String {
     format!(
@@ -123,6 +129,20 @@ fn kubectl_walks_through_the_user_guide() {
         assert!(all.lines().next().unwrap_or_default().starts_with("NAMESPACE"), "{version}: {all}");
         let vmis = kubectl(&binary, &api, &["get", "vmis", "-n", &ns], None);
         assert!(String::from_utf8_lossy(&vmis.stderr).contains("No resources found"), "{version}");
+
+        // An event about the VM, as the controller records them; describe shows it.
+        let uid = k(&["get", "vm", "vm-cirros", "-n", &ns, "-o", "jsonpath={.metadata.uid}"]);
+        let now = chrono_free_now();
+        let event = format!(
+            "apiVersion: v1\nkind: Event\nmetadata:\n  name: vm-cirros.1\n  namespace: {ns}\ninvolvedObject:\n  apiVersion: kubevirt.io/v1\n  kind: VirtualMachine\n  name: vm-cirros\n  namespace: {ns}\n  uid: {uid}\nreason: SuccessfulCreate\nmessage: \"Created virtual machine: vm-cirros\"\ntype: Normal\nsource:\n  component: virtualmachine-controller\nfirstTimestamp: \"{now}\"\nlastTimestamp: \"{now}\"\ncount: 1\n"
+        );
+        ok(&binary, &api, &["create", "-f", "-"], Some(&event));
+        let described = k(&["describe", "vm", "vm-cirros", "-n", &ns]);
+        let events = described.split("Events:").nth(1).unwrap_or_default();
+        assert!(
+            events.contains("SuccessfulCreate") && events.contains("Created virtual machine: vm-cirros"),
+            "{version}: {described}"
+        );
 
         k(&["patch", "vm", "vm-cirros", "-n", &ns, "--type", "merge", "-p", r#"{"spec":{"running":true}}"#]);
         let running =

@@ -113,3 +113,23 @@ async fn finalizers_hold_deletion() {
         other => panic!("the object outlived its last finalizer: {other:?}"),
     }
 }
+
+/// Writes acknowledged to a client survive the server being SIGKILLed between
+/// them: every object created before the kill is there after the restart,
+/// with the resourceVersion it was acknowledged with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() {
+    let mut api = Standalone::start();
+    let vms: Api<VirtualMachine> = Api::namespaced(client(&api).await, "default");
+    let mut acknowledged = Vec::new();
+    for i in 0..50 {
+        let created = vms.create(&PostParams::default(), &vm(&format!("durable-{i}"))).await.unwrap();
+        acknowledged.push((created.metadata.name.unwrap(), created.metadata.resource_version.unwrap()));
+    }
+    api.restart(); // SIGKILL, then start on the same data directory
+    let vms: Api<VirtualMachine> = Api::namespaced(client(&api).await, "default");
+    for (name, version) in acknowledged {
+        let found = vms.get(&name).await.unwrap_or_else(|e| panic!("{name} was lost: {e}"));
+        assert_eq!(found.metadata.resource_version.as_deref(), Some(version.as_str()));
+    }
+}

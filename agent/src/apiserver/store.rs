@@ -116,10 +116,33 @@ macro_rules! db_err {
 }
 db_err!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
+/// A change to apply to one object: given its current value, what to write.
+type Change = Box<dyn FnOnce(Option<Value>) -> Result<(EventType, Option<Value>, Value), StoreError> + Send>;
+
+struct WriteRequest {
+    key: ObjectKey,
+    change: Change,
+    reply: std::sync::mpsc::SyncSender<Result<Value, StoreError>>,
+}
+
+/// Most writes committed by one transaction (and one fsync).
+const MAX_BATCH: usize = 256;
+
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     changes: broadcast::Sender<Arc<Event>>,
-    history: u64,
+    writer: Option<std::sync::mpsc::Sender<WriteRequest>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer; joining it releases the database file.
+        self.writer.take();
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn resource_version(object: &Value) -> u64 {
@@ -153,7 +176,14 @@ impl Store {
         }
         txn.commit()?;
         let (changes, _) = broadcast::channel(4096);
-        Ok(Store { db, changes, history: history.max(1) })
+        let db = Arc::new(db);
+        let (writer, queue) = std::sync::mpsc::channel();
+        let committer = Committer { db: db.clone(), changes: changes.clone(), history: history.max(1) };
+        let writer_thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || committer.run(queue))
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        Ok(Store { db, changes, writer: Some(writer), writer_thread: Some(writer_thread) })
     }
 
     /// The revision of the last committed write.
@@ -188,52 +218,23 @@ impl Store {
         Ok((items, revision))
     }
 
-    /// One write: bump the revision, apply `change` to the current object,
-    /// log the event, commit durably, then tell watchers.
+    /// One write, queued to the writer thread, which commits concurrent
+    /// writes together (group commit: one fsync for the batch) and answers
+    /// only once the batch is on disk.
     fn write(
         &self,
         key: &ObjectKey,
-        change: impl FnOnce(Option<Value>) -> Result<(EventType, Option<Value>, Value), StoreError>,
+        change: impl FnOnce(Option<Value>) -> Result<(EventType, Option<Value>, Value), StoreError> + Send + 'static,
     ) -> Result<Value, StoreError> {
-        let raw_key = key.encode();
-        let txn = self.db.begin_write()?;
-        let event = {
-            let mut objects = txn.open_table(OBJECTS)?;
-            let mut events = txn.open_table(EVENTS)?;
-            let mut meta = txn.open_table(META)?;
-            let revision = meta.get(REVISION)?.map(|v| v.value()).unwrap_or(0) + 1;
-            let current = objects.get(raw_key.as_str())?.map(|v| parse(v.value())).transpose()?;
-            let (kind, new, mut reported) = change(current)?;
-            match new {
-                Some(mut object) => {
-                    set_resource_version(&mut object, revision);
-                    reported = object.clone();
-                    objects.insert(
-                        raw_key.as_str(),
-                        serde_json::to_vec(&object).expect("JSON values serialize").as_slice(),
-                    )?;
-                }
-                None => {
-                    set_resource_version(&mut reported, revision);
-                    objects.remove(raw_key.as_str())?;
-                }
-            }
-            let stored = StoredEvent { kind, key: raw_key.clone(), object: reported.clone() };
-            events.insert(revision, serde_json::to_vec(&stored).expect("events serialize").as_slice())?;
-            if revision > self.history {
-                events.retain_in(..=revision - self.history, |_, _| false)?;
-            }
-            meta.insert(REVISION, revision)?;
-            Event { revision, kind, key: key.clone(), object: reported }
-        };
-        txn.commit()?;
-        let object = event.object.clone();
-        let _ = self.changes.send(Arc::new(event));
-        Ok(object)
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let request = WriteRequest { key: key.clone(), change: Box::new(change), reply };
+        let closed = || StoreError::Database("the store is shutting down".into());
+        self.writer.as_ref().ok_or_else(closed)?.send(request).map_err(|_| closed())?;
+        answer.recv().map_err(|_| closed())?
     }
 
     pub fn create(&self, key: &ObjectKey, object: Value) -> Result<Value, StoreError> {
-        self.write(key, |current| match current {
+        self.write(key, move |current| match current {
             Some(_) => Err(StoreError::AlreadyExists),
             None => Ok((EventType::Added, Some(object), Value::Null)),
         })
@@ -241,7 +242,7 @@ impl Store {
 
     /// Replaces the object; with `precondition`, only if its resourceVersion matches.
     pub fn update(&self, key: &ObjectKey, object: Value, precondition: Option<u64>) -> Result<Value, StoreError> {
-        self.write(key, |current| {
+        self.write(key, move |current| {
             let current = current.ok_or(StoreError::NotFound)?;
             check(&current, precondition)?;
             Ok((EventType::Modified, Some(object), Value::Null))
@@ -249,7 +250,7 @@ impl Store {
     }
 
     pub fn delete(&self, key: &ObjectKey, precondition: Option<u64>) -> Result<Value, StoreError> {
-        self.write(key, |current| {
+        self.write(key, move |current| {
             let current = current.ok_or(StoreError::NotFound)?;
             check(&current, precondition)?;
             Ok((EventType::Deleted, None, current))
@@ -282,6 +283,90 @@ impl Store {
     /// Changes as they commit (subscribe before reading history to miss none).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.changes.subscribe()
+    }
+}
+
+/// A committed batch: each request's answer, and the events to broadcast.
+type Committed = (Vec<Result<Value, StoreError>>, Vec<Event>);
+
+/// The writer thread's state.
+struct Committer {
+    db: Arc<Database>,
+    changes: broadcast::Sender<Arc<Event>>,
+    history: u64,
+}
+
+impl Committer {
+    fn run(self, queue: std::sync::mpsc::Receiver<WriteRequest>) {
+        while let Ok(first) = queue.recv() {
+            let mut batch = vec![first];
+            batch.extend(queue.try_iter().take(MAX_BATCH - 1));
+            let replies: Vec<_> = batch.iter().map(|r| r.reply.clone()).collect();
+            match self.commit(batch) {
+                Ok((results, events)) => {
+                    for event in events {
+                        let _ = self.changes.send(Arc::new(event));
+                    }
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(error) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::Database(error.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies every request in one transaction. A request whose change is
+    /// refused (conflict, not found) gets its error and writes nothing; a
+    /// storage error aborts the whole batch.
+    fn commit(&self, batch: Vec<WriteRequest>) -> Result<Committed, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut results = Vec::with_capacity(batch.len());
+        let mut events = Vec::new();
+        {
+            let mut objects = txn.open_table(OBJECTS)?;
+            let mut log = txn.open_table(EVENTS)?;
+            let mut meta = txn.open_table(META)?;
+            let mut revision = meta.get(REVISION)?.map(|v| v.value()).unwrap_or(0);
+            for request in batch {
+                let raw_key = request.key.encode();
+                let current = objects.get(raw_key.as_str())?.map(|v| parse(v.value())).transpose()?;
+                let (kind, new, mut reported) = match (request.change)(current) {
+                    Ok(change) => change,
+                    Err(refused) => {
+                        results.push(Err(refused));
+                        continue;
+                    }
+                };
+                revision += 1;
+                match new {
+                    Some(mut object) => {
+                        set_resource_version(&mut object, revision);
+                        reported = object.clone();
+                        let bytes = serde_json::to_vec(&object).expect("JSON values serialize");
+                        objects.insert(raw_key.as_str(), bytes.as_slice())?;
+                    }
+                    None => {
+                        set_resource_version(&mut reported, revision);
+                        objects.remove(raw_key.as_str())?;
+                    }
+                }
+                let stored = StoredEvent { kind, key: raw_key, object: reported.clone() };
+                log.insert(revision, serde_json::to_vec(&stored).expect("events serialize").as_slice())?;
+                results.push(Ok(reported.clone()));
+                events.push(Event { revision, kind, key: request.key, object: reported });
+            }
+            if revision > self.history {
+                log.retain_in(..=revision - self.history, |_, _| false)?;
+            }
+            meta.insert(REVISION, revision)?;
+        }
+        txn.commit()?;
+        Ok((results, events))
     }
 }
 

@@ -158,3 +158,46 @@ fn acknowledged_writes_survive_sigkill() {
     }
     assert!(store.revision().unwrap() >= acknowledged.len() as u64);
 }
+
+#[test]
+fn concurrent_writers_are_committed_together_without_losing_any() {
+    let (_dir, store) = store();
+    let store = Arc::new(store);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    store.create(&vm("default", &format!("t{t}-{i}")), object("x", i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let scope = Scope { resource: "kubevirt.io/virtualmachines".into(), namespace: None };
+    let (items, revision) = store.list(&scope).unwrap();
+    assert_eq!((items.len(), revision), (400, 400));
+    let mut versions: Vec<u64> = items.iter().map(|(_, o)| resource_version(o)).collect();
+    versions.sort();
+    assert_eq!(versions, (1..=400).collect::<Vec<_>>(), "every write has its own revision");
+}
+
+#[test]
+fn racing_conditional_updates_let_exactly_one_win() {
+    let (_dir, store) = store();
+    let store = Arc::new(store);
+    store.create(&vm("default", "contended"), object("contended", 0)).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store.update(&vm("default", "contended"), object("contended", t), Some(1)).is_ok()
+            })
+        })
+        .collect();
+    let winners = threads.into_iter().map(|t| t.join().unwrap()).filter(|won| *won).count();
+    assert_eq!(winners, 1);
+    assert_eq!(store.revision().unwrap(), 2);
+}

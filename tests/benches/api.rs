@@ -201,9 +201,11 @@ fn ms(d: Duration) -> String {
 async fn main() {
     let requests: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2000);
     let dir = tempfile::tempdir().unwrap();
-    let (_kvmlet, server) = start_kvmlet(&dir.path().join("kvmlet"));
+    let (_kvmlet, _server) = start_kvmlet(&dir.path().join("kvmlet"));
     let (_etcd, etcd_url) = start_etcd(&dir.path().join("etcd"));
-    let kvmlet = client_for(&server).await;
+    let kubeconfig = Kubeconfig::read_from(dir.path().join("kvmlet/kubeconfig")).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
+    let kvmlet = Client::try_from(config).unwrap();
     let etcd = client_for(&etcd_url).await;
     let vms: Api<VirtualMachine> = Api::namespaced(kvmlet, "default");
 

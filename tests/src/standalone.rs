@@ -32,7 +32,7 @@ fn wait_ready(kubeconfig: &Path) -> SocketAddr {
     loop {
         let server = std::fs::read_to_string(kubeconfig)
             .ok()
-            .and_then(|c| c.lines().find_map(|l| l.trim().strip_prefix("server: http://").map(str::to_string)));
+            .and_then(|c| c.lines().find_map(|l| l.trim().strip_prefix("server: https://").map(str::to_string)));
         if let Some(address) = server.and_then(|s| s.parse::<SocketAddr>().ok()) {
             if std::net::TcpStream::connect(address).is_ok() {
                 return address;

@@ -181,3 +181,30 @@ fn kubectl_walks_through_the_user_guide() {
         assert!(String::from_utf8_lossy(&gone.stderr).contains("not found"), "{version}");
     }
 }
+
+#[test]
+fn tcp_needs_the_token_and_the_unix_socket_is_private() {
+    let api = Standalone::start();
+    let curl = e2e::require_tool("curl", "curl");
+    let kubeconfig = std::fs::read_to_string(api.kubeconfig()).unwrap();
+    let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap().to_string();
+    let dir = api.kubeconfig().parent().unwrap().to_path_buf();
+    let status = |args: &[&str]| {
+        let out =
+            Command::new(&curl).args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let url = format!("{server}/api/v1/namespaces");
+    let ca = dir.join("tls/ca.pem");
+    assert_eq!(status(&["--cacert", ca.to_str().unwrap(), &url]), "401", "no token, no access");
+    let token = std::fs::read_to_string(dir.join("token")).unwrap();
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    assert_eq!(status(&["--cacert", ca.to_str().unwrap(), "-H", &bearer, &url]), "200");
+    let socket = dir.join("api.sock");
+    assert_eq!(status(&["--unix-socket", socket.to_str().unwrap(), "http://localhost/api/v1/namespaces"]), "200");
+    use std::os::unix::fs::PermissionsExt;
+    for private in [socket, dir.join("token"), dir.join("kubeconfig"), dir.join("tls/server.key.der")] {
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", private.display());
+    }
+}

@@ -6,6 +6,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use serde_json::json;
@@ -14,6 +18,7 @@ use super::discovery;
 use super::gc;
 use super::objects::{self, Shared};
 use super::openapi;
+use super::status::ApiError;
 use super::store::{ObjectKey, Store, StoreError};
 
 /// Namespaces that exist from the start, as in every cluster.
@@ -63,24 +68,95 @@ pub struct Endpoints {
     pub tcp: SocketAddr,
 }
 
-/// Serves until the process ends. The unix socket is created with mode 0600.
-pub async fn serve(store: Shared, socket: &Path, tcp: tokio::net::TcpListener) -> std::io::Result<()> {
+/// Serves until the process ends: the unix socket (mode 0600) for local
+/// clients of this user, and TLS on the loopback TCP listener for kubectl,
+/// where every request must carry `Authorization: Bearer <token>`.
+pub async fn serve(
+    store: Shared,
+    socket: &Path,
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    token: String,
+) -> std::io::Result<()> {
     tokio::spawn(gc::run(store.clone()));
     let router = router(store);
     let _ = std::fs::remove_file(socket);
     let unix = tokio::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let unix_server = axum::serve(unix, router.clone().into_make_service());
-    let tcp_server = axum::serve(tcp, router.into_make_service());
-    tokio::try_join!(unix_server, tcp_server)?;
+    let authenticated =
+        router.layer(axum::middleware::from_fn_with_state(Arc::new(format!("Bearer {token}")), require_token));
+    tokio::try_join!(unix_server, serve_tls(tcp, acceptor, authenticated))?;
     Ok(())
+}
+
+async fn require_token(State(expected): State<Arc<String>>, request: Request, next: Next) -> Response {
+    let presented = request.headers().get("authorization").and_then(|v| v.to_str().ok());
+    if presented == Some(expected.as_str()) {
+        return next.run(request).await;
+    }
+    let unauthorized = ApiError {
+        code: StatusCode::UNAUTHORIZED,
+        reason: "Unauthorized",
+        message: "Unauthorized".into(),
+        causes: vec![],
+        subject: None,
+    };
+    unauthorized.into_response()
+}
+
+/// Accepts TLS connections and serves each (HTTP/1.1 or HTTP/2) on its own task.
+async fn serve_tls(
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: Router,
+) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = tcp.accept().await?;
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(stream).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(error) =
+                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service).await
+            {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// The bearer token for TCP clients: created once (mode 0600) and kept, so
+/// kubeconfigs stay valid across restarts.
+pub fn token(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join("token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        if !token.trim().is_empty() {
+            return Ok(token.trim().to_string());
+        }
+    }
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &token)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(tmp, path)?;
+    Ok(token)
 }
 
 /// A kubeconfig for kubectl pointing at the loopback endpoint, written
 /// atomically so a reader never sees half of it.
-pub fn write_kubeconfig(path: &Path, server: &str) -> std::io::Result<()> {
+pub fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) -> std::io::Result<()> {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kvmlet\n  cluster:\n    server: {server}\ncontexts:\n- name: kvmlet\n  context:\n    cluster: kvmlet\n    namespace: default\n    user: kvmlet\ncurrent-context: kvmlet\nusers:\n- name: kvmlet\n  user: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kvmlet\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\ncontexts:\n- name: kvmlet\n  context:\n    cluster: kvmlet\n    namespace: default\n    user: kvmlet\ncurrent-context: kvmlet\nusers:\n- name: kvmlet\n  user:\n    token: {token}\n"
     );
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, config)?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::apiserver::server;
+use crate::apiserver::{server, tls};
 
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
@@ -28,10 +28,12 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
             tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
         let address = tcp.local_addr()?;
         let kubeconfig = args.data_dir.join("kubeconfig");
-        server::write_kubeconfig(&kubeconfig, &format!("http://{address}"))?;
+        let token = server::token(&args.data_dir)?;
+        let tls = tls::load_or_create(&args.data_dir)?;
+        server::write_kubeconfig(&kubeconfig, &format!("https://{address}"), &tls.ca_pem, &token)?;
         let socket = args.data_dir.join("api.sock");
         tracing::info!(%address, socket = %socket.display(), kubeconfig = %kubeconfig.display(), "API ready");
-        server::serve(store, &socket, tcp).await?;
+        server::serve(store, &socket, tcp, tls.acceptor, token).await?;
         anyhow::Ok(())
     })
 }

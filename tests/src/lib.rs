@@ -25,7 +25,9 @@ pub fn kvmlet_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(bin) = std::env::var_os("KVMLET_BIN") {
-            return PathBuf::from(bin);
+            let bin = PathBuf::from(bin);
+            assert!(bin.is_file(), "KVMLET_BIN={} does not exist; build it first", bin.display());
+            return bin;
         }
         let status = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "kvmlet-agent", "--bin", "kvmlet"])

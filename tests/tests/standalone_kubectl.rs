@@ -7,10 +7,10 @@ use std::process::{Command, Output, Stdio};
 use e2e::standalone::Standalone;
 use e2e::workspace_root;
 
-/// kubectl 1.27 and 1.28 download /openapi/v2 as protobuf before every
-/// create; the server does not serve that yet (see issue 7), so the oldest
-/// kubectl exercised here is 1.29, which uses OpenAPI v3.
-const OLDEST_SUPPORTED_MINOR: u32 = 29;
+/// kubectl 1.27 and 1.28 read the protobuf /openapi/v2 before every create
+/// (to learn that the server validates fields); 1.29 on read OpenAPI v3. The
+/// server serves both, so every kubectl.1.NN here is supported.
+const OLDEST_SUPPORTED_MINOR: u32 = 27;
 
 /// kubectl.1.NN binaries next to the machine's kubectl: the oldest supported,
 /// 1.32 and the newest.

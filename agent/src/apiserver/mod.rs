@@ -7,17 +7,38 @@
 //! `admission` (KubeVirt's validation), `status` (errors as Status objects),
 //! `server` (router, listeners, kubeconfig).
 //!
-//! kubectl talks HTTP to a loopback TCP port (kubectl cannot use a unix
-//! socket); local clients may use the unix socket `DIR/api.sock` (0600).
-//! Not yet served: server-side apply, protobuf request bodies and the
-//! protobuf /openapi/v2 that kubectl 1.27/1.28 need, aggregated discovery,
-//! events.k8s.io, bearer tokens on TCP.
+//! `embedded` is the seam for the loops that run inside `kvmlet standalone`
+//! (controller, node loop): [`embedded::EmbeddedApi::client`] gives them a
+//! `kube::Client` that calls the router in-process, through the same
+//! handlers kubectl reaches.
+//!
+//! Serving: kubectl cannot talk to a unix socket and sends bearer tokens
+//! only over https, so kubectl gets TLS on a loopback TCP port (a CA of the
+//! data directory's own, `tls`) with a bearer token, both in `DIR/kubeconfig`,
+//! which is written atomically just before the "API ready" log line. Local
+//! clients of the same user may use the unix socket `DIR/api.sock` (0600,
+//! no token).
+//!
+//! OpenAPI: v3 (`openapi`) for kubectl 1.29 on and kube-rs, and the protobuf
+//! /openapi/v2 (`openapi_v2`) that kubectl 1.27/1.28 fetch before `create`;
+//! both tell kubectl the server validates fields, so kubectl sends
+//! `fieldValidation=Strict` and shows the server's unknown-field errors.
+//!
+//! Not yet served: server-side apply (application/apply-patch+yaml gets 415),
+//! protobuf request bodies (415, clients fall back to JSON), aggregated
+//! discovery (clients fall back to the legacy form).
+//!
+//! events.k8s.io/v1 Events are the core v1 Events seen through the other
+//! API's field names (`events`), as in Kubernetes.
 
 pub mod admission;
 pub mod discovery;
+pub mod embedded;
+pub mod events;
 pub mod gc;
 pub mod objects;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod patch;
 pub mod resources;
 pub mod server;

@@ -14,6 +14,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::admission;
+use super::events;
 use super::gc;
 use super::openapi;
 use super::patch;
@@ -28,7 +29,10 @@ pub type Shared = Arc<Store>;
 /// What a request path names.
 #[derive(Debug)]
 struct Target {
+    /// The stored resource (core Events for events.k8s.io requests).
     resource: &'static Resource,
+    /// Set when the request is for events.k8s.io's view of core Events.
+    events_view: bool,
     namespace: Option<String>,
     name: Option<String>,
     subresource: Option<String>,
@@ -51,8 +55,11 @@ impl Target {
         if resource.namespaced == namespace.is_none() && !rest.is_empty() {
             return Err(ApiError::not_found("resource", resource.plural));
         }
+        let events_view = events::is_view(resource);
+        let resource = if events_view { lookup_core_events()? } else { resource };
         Ok(Target {
             resource,
+            events_view,
             namespace,
             name: rest.first().map(|s| s.to_string()),
             subresource: rest.get(1).map(|s| s.to_string()),
@@ -70,6 +77,10 @@ impl Target {
             format!("{}.{}", self.resource.plural, self.resource.group)
         }
     }
+}
+
+fn lookup_core_events() -> Result<&'static Resource, ApiError> {
+    Resource::find("", "v1", "events").ok_or_else(|| ApiError::internal("core events are not served"))
 }
 
 fn now() -> String {
@@ -349,6 +360,7 @@ fn watch(store: Shared, target: &Target, query: &HashMap<String, String>) -> Res
         send_initial_events: query.get("sendInitialEvents").is_some_and(|v| v == "true"),
         bookmarks: query.get("allowWatchBookmarks").is_some_and(|v| v == "true"),
         timeout: timeout.map(std::time::Duration::from_secs),
+        present: target.events_view.then_some(events::from_core as fn(Value) -> Value),
         selects: Box::new(move |object| {
             labels.as_deref().is_none_or(|s| labels_match(object, s))
                 && fields.as_deref().is_none_or(|s| fields_match(object, s))
@@ -384,11 +396,14 @@ async fn handle(
             subject: None,
         });
     }
-    tokio::task::spawn_blocking(move || {
+    let events_view = target.events_view;
+    // Bodies of events.k8s.io requests are stored in the core form.
+    let parse_stored = move |body: &Bytes| parse_body(body).map(|v| if events_view { events::to_core(v) } else { v });
+    let response = tokio::task::spawn_blocking(move || {
         let Some(name) = target.name.clone() else {
             return match method {
                 Method::GET => list(&store, &target, &query, as_table),
-                Method::POST => create(&store, &target, parse_body(&body)?, strict),
+                Method::POST => create(&store, &target, parse_stored(&body)?, strict),
                 _ => Err(ApiError {
                     code: StatusCode::METHOD_NOT_ALLOWED,
                     reason: "MethodNotAllowed",
@@ -407,15 +422,17 @@ async fn handle(
             Method::GET => get(&store, &target, &name).map(|o| Json(o).into_response()),
             Method::PUT => {
                 let current = get(&store, &target, &name)?;
-                update(&store, &target, &name, current, parse_body(&body)?, strict)
+                update(&store, &target, &name, current, parse_stored(&body)?, strict)
             }
             Method::PATCH => {
                 let current = get(&store, &target, &name)?;
                 let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
                 let patch_body = parse_body(&body)?;
-                let mut patched = current.clone();
+                // Patches apply to the object as the client sees it.
+                let shown = if events_view { events::from_core(current.clone()) } else { current.clone() };
+                let mut patched = shown.clone();
                 if content_type.starts_with("application/json-patch+json") {
-                    patched = patch::json_patch(&current, &patch_body).map_err(|e| match e {
+                    patched = patch::json_patch(&shown, &patch_body).map_err(|e| match e {
                         patch::JsonPatchError::TestFailed(..) => ApiError::conflict(&target.what(), &name),
                         other => {
                             ApiError::invalid(target.resource.kind, &name, vec![("patch".into(), other.to_string())])
@@ -434,6 +451,7 @@ async fn handle(
                         subject: None,
                     });
                 }
+                let patched = if events_view { events::to_core(patched) } else { patched };
                 update(&store, &target, &name, current, patched, strict)
             }
             Method::DELETE => delete(&store, &target, &name, &body, &query),
@@ -447,7 +465,8 @@ async fn handle(
         }
     })
     .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(if events_view { events::present_response(response).await } else { response })
 }
 
 pub async fn core(

@@ -56,6 +56,18 @@ pub const RESOURCES: &[Resource] = &[
         categories: &[],
         status_subresource: false,
     },
+    // The same Events as core v1 (one storage; see `events`).
+    Resource {
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        singular: "event",
+        kind: "Event",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        status_subresource: false,
+    },
     Resource {
         group: "kubevirt.io",
         version: "v1",
@@ -118,7 +130,7 @@ mod tests {
         assert_eq!(vm.store_name(), "kubevirt.io/virtualmachines");
         let ns = Resource::find("", "v1", "namespaces").unwrap();
         assert_eq!((ns.api_version().as_str(), ns.namespaced), ("v1", false));
-        assert_eq!(Resource::groups(), ["coordination.k8s.io", "kubevirt.io"]);
+        assert_eq!(Resource::groups(), ["coordination.k8s.io", "events.k8s.io", "kubevirt.io"]);
         assert!(Resource::find("kubevirt.io", "v2", "virtualmachines").is_none());
     }
 }

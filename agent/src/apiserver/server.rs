@@ -15,9 +15,9 @@ use axum::Router;
 use serde_json::json;
 
 use super::discovery;
-use super::gc;
 use super::objects::{self, Shared};
 use super::openapi;
+use super::openapi_v2;
 use super::status::ApiError;
 use super::store::{ObjectKey, Store, StoreError};
 
@@ -34,6 +34,7 @@ pub fn router(store: Shared) -> Router {
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route("/apis/{group}/{version}/{*rest}", any(objects::grouped))
+        .route("/openapi/v2", get(openapi_v2::serve))
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/api/v1", get(openapi::core_document))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi::group_document))
@@ -71,15 +72,15 @@ pub struct Endpoints {
 /// Serves until the process ends: the unix socket (mode 0600) for local
 /// clients of this user, and TLS on the loopback TCP listener for kubectl,
 /// where every request must carry `Authorization: Bearer <token>`.
+/// The router comes from [`super::embedded::EmbeddedApi::router`], which
+/// also runs the garbage collector.
 pub async fn serve(
-    store: Shared,
+    router: Router,
     socket: &Path,
     tcp: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     token: String,
 ) -> std::io::Result<()> {
-    tokio::spawn(gc::run(store.clone()));
-    let router = router(store);
     let _ = std::fs::remove_file(socket);
     let unix = tokio::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;

@@ -8,6 +8,7 @@
 //! relists. Bookmarks carry the latest revision; `sendInitialEvents` ends its
 //! initial ADDED events with a bookmark annotated `k8s.io/initial-events-end`.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -33,6 +34,18 @@ pub struct WatchRequest {
     pub timeout: Option<Duration>,
     /// Whether an object passes the request's label and field selectors.
     pub selects: Box<dyn Fn(&Value) -> bool + Send + Sync>,
+    /// How stored objects are shown, when not as stored (events.k8s.io's
+    /// view of core Events).
+    pub present: Option<fn(Value) -> Value>,
+}
+
+impl WatchRequest {
+    fn shown<'a>(&self, object: &'a Value) -> Cow<'a, Value> {
+        match self.present {
+            Some(present) => Cow::Owned(present(object.clone())),
+            None => Cow::Borrowed(object),
+        }
+    }
 }
 
 type Sink = mpsc::Sender<Result<Bytes, Infallible>>;
@@ -76,11 +89,13 @@ async fn run(store: Shared, request: WatchRequest, sink: Sink) {
     let mut last = if initial_state {
         let Ok((items, revision)) = store.list(&request.scope) else { return };
         for (_, object) in items.iter().filter(|(_, o)| (request.selects)(o)) {
-            if !send(&sink, "ADDED", object).await {
+            if !send(&sink, "ADDED", &request.shown(object)).await {
                 return;
             }
         }
-        if request.send_initial_events && !send(&sink, "BOOKMARK", &bookmark(request.resource, revision, true)).await {
+        if request.send_initial_events
+            && !send(&sink, "BOOKMARK", &request.shown(&bookmark(request.resource, revision, true))).await
+        {
             return;
         }
         revision
@@ -91,7 +106,9 @@ async fn run(store: Shared, request: WatchRequest, sink: Sink) {
                 let mut last = from;
                 for event in events {
                     last = event.revision;
-                    if (request.selects)(&event.object) && !send(&sink, type_name(event.kind), &event.object).await {
+                    if (request.selects)(&event.object)
+                        && !send(&sink, type_name(event.kind), &request.shown(&event.object)).await
+                    {
                         return;
                     }
                 }
@@ -113,7 +130,7 @@ async fn run(store: Shared, request: WatchRequest, sink: Sink) {
         tokio::select! {
             _ = &mut deadline => return,
             _ = bookmarks.tick(), if request.bookmarks => {
-                if !send(&sink, "BOOKMARK", &bookmark(request.resource, last, false)).await {
+                if !send(&sink, "BOOKMARK", &request.shown(&bookmark(request.resource, last, false))).await {
                     return;
                 }
             }
@@ -123,7 +140,7 @@ async fn run(store: Shared, request: WatchRequest, sink: Sink) {
                         continue;
                     }
                     last = event.revision;
-                    if (request.selects)(&event.object) && !send(&sink, type_name(event.kind), &event.object).await {
+                    if (request.selects)(&event.object) && !send(&sink, type_name(event.kind), &request.shown(&event.object)).await {
                         return;
                     }
                 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
+use crate::apiserver::embedded::EmbeddedApi;
 use crate::apiserver::{server, tls};
 
 #[derive(Debug, Args)]
@@ -23,7 +24,7 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let store = server::open_store(&args.data_dir)?;
+        let api = EmbeddedApi::open(&args.data_dir)?;
         let tcp =
             tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
         let address = tcp.local_addr()?;
@@ -33,7 +34,7 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
         server::write_kubeconfig(&kubeconfig, &format!("https://{address}"), &tls.ca_pem, &token)?;
         let socket = args.data_dir.join("api.sock");
         tracing::info!(%address, socket = %socket.display(), kubeconfig = %kubeconfig.display(), "API ready");
-        server::serve(store, &socket, tcp, tls.acceptor, token).await?;
+        server::serve(api.router(), &socket, tcp, tls.acceptor, token).await?;
         anyhow::Ok(())
     })
 }

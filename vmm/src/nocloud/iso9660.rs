@@ -28,6 +28,8 @@ pub enum IsoError {
     DuplicateName(String),
     #[error("volume label `{0}` must be 1..=16 characters of [A-Za-z0-9_-]")]
     BadLabel(String),
+    #[error("the root directory needs {0} bytes; this writer supports one {SECTOR}-byte sector")]
+    DirectoryFull(usize),
 }
 
 const MAX_FILE: usize = 64 << 20;
@@ -246,8 +248,11 @@ pub fn build(label: &str, files: &[File]) -> Result<Vec<u8>, IsoError> {
         joliet.extend(directory_record(&ucs2(&format!("{};1", file.name)), *extent, size, false, &[]));
         put(*extent, file.data);
     }
-    // Three files with 64-character names still fit one directory sector each.
-    debug_assert!(primary.len() <= SECTOR && joliet.len() <= SECTOR);
+    // Three files with 64-character names fit easily; more files than a sector
+    // holds would overwrite the next extent, so refuse them.
+    if let Some(len) = [primary.len(), joliet.len()].into_iter().find(|len| *len > SECTOR) {
+        return Err(IsoError::DirectoryFull(len));
+    }
     put(root, &primary);
     put(joliet_root, &joliet);
     Ok(image)
@@ -293,6 +298,18 @@ mod tests {
         assert!(matches!(build("cidata", &[File { name: "a/b", data: b"" }]), Err(IsoError::BadName(_))));
         let twins = [File { name: "user-data-1", data: b"" }, File { name: "user-data-2", data: b"" }];
         assert_eq!(build("cidata", &twins), Err(IsoError::DuplicateName("USER_DAT.;1".into())));
+        let too_big = vec![0u8; MAX_FILE + 1];
+        assert!(matches!(
+            build("cidata", &[File { name: "user-data", data: &too_big }]),
+            Err(IsoError::TooLarge { size, .. }) if size == MAX_FILE + 1
+        ));
+    }
+
+    #[test]
+    fn a_root_directory_beyond_one_sector_is_refused() {
+        let names: Vec<String> = (0..40).map(|i| format!("{i:02}{}", "x".repeat(60))).collect();
+        let files: Vec<File> = names.iter().map(|name| File { name, data: b"" }).collect();
+        assert!(matches!(build("cidata", &files), Err(IsoError::DirectoryFull(len)) if len > SECTOR));
     }
 
     #[test]

@@ -47,11 +47,14 @@ impl NoCloudSeed {
         iso9660::build(VOLUME_LABEL, &files)
     }
 
-    /// Writes the image to `path` (through a temporary file, so a reader never
-    /// sees half an image).
+    /// Writes the image to `path` (through a temporary file next to it, so a
+    /// reader never sees half an image). The temporary name carries our pid,
+    /// so it never collides with a file the caller owns.
     pub fn write_image(&self, path: &Path) -> Result<(), SeedWriteError> {
         let image = self.image()?;
-        let tmp = path.with_extension("tmp");
+        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
         std::fs::write(&tmp, image).and_then(|()| std::fs::rename(&tmp, path)).map_err(|source| {
             let _ = std::fs::remove_file(&tmp);
             SeedWriteError::Io { path: path.to_path_buf(), source }
@@ -90,5 +93,18 @@ mod tests {
         let contains = |image: &[u8], needle: &[u8]| image.windows(needle.len()).any(|w| w == needle);
         assert!(!contains(&without, b"network-config"));
         assert!(contains(&with, b"network-config"));
+    }
+
+    #[test]
+    fn write_image_leaves_neighbouring_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("seed.iso");
+        let neighbour = dir.path().join("seed.tmp");
+        std::fs::write(&neighbour, b"mine").unwrap();
+        let seed = NoCloudSeed::new("i", None, b"u".to_vec(), None);
+        seed.write_image(&out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), seed.image().unwrap());
+        assert_eq!(std::fs::read(&neighbour).unwrap(), b"mine");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary file is left behind");
     }
 }

@@ -154,6 +154,51 @@ mod tests {
     }
 
     #[test]
+    fn every_field_names_itself_in_its_error() {
+        let encoded_2049 = base64::engine::general_purpose::STANDARD.encode(vec![b'u'; 2049]);
+        let long_b64 = CloudInitNoCloud { user_data_base64: Some(encoded_2049), ..Default::default() };
+        assert_eq!(long_b64.resolve(), Err(SourceError::TooLong { field: "userDataBase64", len: 2049 }));
+        let long_net = CloudInitNoCloud {
+            user_data: Some("a".into()),
+            network_data: Some("n".repeat(2049)),
+            ..Default::default()
+        };
+        let err = long_net.resolve().unwrap_err();
+        assert_eq!(err, SourceError::TooLong { field: "networkData", len: 2049 });
+        assert_eq!(err.to_string(), "cloudInitNoCloud.networkData: 2049 bytes exceed the 2048 byte limit");
+        let bad_net = CloudInitNoCloud {
+            user_data: Some("a".into()),
+            network_data_base64: Some("%%%".into()),
+            ..Default::default()
+        };
+        assert!(matches!(bad_net.resolve(), Err(SourceError::Base64 { field: "networkDataBase64", .. })));
+        let secret_and_inline = CloudInitNoCloud {
+            user_data: Some("a".into()),
+            user_data_secret: Some(b"b".to_vec()),
+            ..Default::default()
+        };
+        let err = secret_and_inline.resolve().unwrap_err();
+        assert_eq!(err, SourceError::UserDataSources(2));
+        assert!(err.to_string().contains("userData, userDataBase64 and secretRef"), "{err}");
+        let three_nets = CloudInitNoCloud {
+            user_data: Some("a".into()),
+            network_data: Some("n".into()),
+            network_data_base64: Some("bg==".into()),
+            network_data_secret: Some(b"n".to_vec()),
+            ..Default::default()
+        };
+        assert_eq!(three_nets.resolve(), Err(SourceError::NetworkDataSources(3)));
+        // Exactly at the limit is allowed, for both kinds.
+        let at_limit = CloudInitNoCloud {
+            user_data: Some("u".repeat(MAX_INLINE_DATA)),
+            network_data_base64: Some(base64::engine::general_purpose::STANDARD.encode(vec![b'n'; MAX_INLINE_DATA])),
+            ..Default::default()
+        };
+        let (user, network) = at_limit.resolve().unwrap();
+        assert_eq!((user.len(), network.map(|n| n.len())), (MAX_INLINE_DATA, Some(MAX_INLINE_DATA)));
+    }
+
+    #[test]
     fn hostname_defaults_to_the_first_label_of_the_name() {
         assert_eq!(default_hostname("vm-cirros", None), "vm-cirros");
         assert_eq!(default_hostname("web.example.com", None), "web");

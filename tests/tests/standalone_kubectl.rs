@@ -208,3 +208,25 @@ fn tcp_needs_the_token_and_the_unix_socket_is_private() {
         assert_eq!(mode, 0o600, "{}", private.display());
     }
 }
+
+#[test]
+fn kubectl_apply_client_and_server_side() {
+    let api = Standalone::start();
+    let manifest = std::fs::read_to_string(workspace_root().join("examples/vm-cirros.yaml")).unwrap();
+    let started = manifest.replace("  running: false\n", "  running: true\n");
+    assert_ne!(started, manifest, "the example is created stopped");
+    for binary in kubectls() {
+        let version = binary.file_name().unwrap().to_string_lossy().replace("kubectl.", "v");
+        for (mode, flags) in [("client", &[][..]), ("server", &["--server-side"][..])] {
+            let ns = format!("apply-{mode}-{}", version.replace('.', "-"));
+            let namespace = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n");
+            ok(&binary, &api, &["create", "-f", "-"], Some(&namespace));
+            let apply: Vec<&str> = ["apply", "-n", &ns, "-f", "-"].into_iter().chain(flags.iter().copied()).collect();
+            ok(&binary, &api, &apply, Some(&manifest));
+            let fields = ["get", "vm", "vm-cirros", "-n", &ns, "-o", "jsonpath={.spec.running} {.metadata.generation}"];
+            assert_eq!(ok(&binary, &api, &fields, None), "false 1", "{version} {mode}-side apply creates");
+            ok(&binary, &api, &apply, Some(&started));
+            assert_eq!(ok(&binary, &api, &fields, None), "true 2", "{version} {mode}-side apply updates");
+        }
+    }
+}

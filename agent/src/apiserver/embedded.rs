@@ -146,4 +146,32 @@ mod tests {
         assert_eq!(event["reportingComponent"], "kvmlet.io/controller");
         assert!(event.get("note").is_none() && event.get("regarding").is_none());
     }
+
+    #[tokio::test]
+    async fn server_side_apply_creates_then_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = EmbeddedApi::open(dir.path()).unwrap();
+        let vms: Api<VirtualMachine> = Api::default_namespaced(api.client());
+        let manager = PatchParams::apply("kvmlet-test");
+
+        let applied = vms.patch("applied", &manager, &Patch::Apply(&vm("applied"))).await.unwrap();
+        assert_eq!((applied.spec.running, applied.metadata.generation), (Some(false), Some(1)));
+
+        let mut labelled = vm("applied");
+        labelled.metadata.labels = Some([("tier".to_string(), "web".to_string())].into());
+        labelled.spec.running = Some(true);
+        let merged = vms.patch("applied", &manager, &Patch::Apply(&labelled)).await.unwrap();
+        assert_eq!(merged.metadata.uid, applied.metadata.uid, "applying again updates the same object");
+        assert_eq!((merged.spec.running, merged.metadata.generation), (Some(true), Some(2)));
+        assert_eq!(merged.metadata.labels.unwrap()["tier"], "web");
+
+        let error = vms.patch("applied", &PatchParams::default(), &Patch::Apply(&labelled)).await.unwrap_err();
+        match error {
+            kube::Error::Api(status) => {
+                assert_eq!(status.code, 422);
+                assert!(status.message.contains("fieldManager"), "{}", status.message);
+            }
+            other => panic!("expected a 422 without a field manager, got {other}"),
+        }
+    }
 }

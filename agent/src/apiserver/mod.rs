@@ -24,8 +24,10 @@
 //! both tell kubectl the server validates fields, so kubectl sends
 //! `fieldValidation=Strict` and shows the server's unknown-field errors.
 //!
-//! Not yet served: server-side apply (application/apply-patch+yaml gets 415),
-//! protobuf request bodies (415, clients fall back to JSON), aggregated
+//! Server-side apply is a subset (see `objects::server_side_apply`): create
+//! or merge, without managedFields or conflicts.
+//!
+//! Not yet served: protobuf request bodies (415, clients fall back to JSON), aggregated
 //! discovery (clients fall back to the legacy form).
 //!
 //! events.k8s.io/v1 Events are the core v1 Events seen through the other

@@ -346,6 +346,54 @@ fn delete(
     Ok(Json(gone).into_response())
 }
 
+/// Content type of server-side apply requests (kubectl and kube-rs send JSON,
+/// which is YAML too; only JSON bodies are understood).
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
+/// Server-side apply, the subset kvmlet's clients rely on: the applied
+/// configuration creates the object when it is absent and is merged into it
+/// (JSON merge patch rules) when present. Not done: managedFields and
+/// per-manager field ownership, so there are no apply conflicts and fields a
+/// manager stops applying are kept rather than removed.
+fn server_side_apply(
+    store: &Store,
+    target: &Target,
+    name: &str,
+    applied: Value,
+    query: &HashMap<String, String>,
+    strict: bool,
+) -> Result<Response, ApiError> {
+    if query.get("fieldManager").is_none_or(|m| m.is_empty()) {
+        return Err(ApiError::invalid(
+            "PatchOptions",
+            "",
+            vec![("fieldManager".into(), "Required value: is required for apply patch".into())],
+        ));
+    }
+    if !applied.is_object() || !applied.get("metadata").is_none_or(Value::is_object) {
+        return Err(ApiError::bad_request("the applied configuration must be an object with object metadata"));
+    }
+    if applied["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            applied["metadata"]["name"].as_str().unwrap_or_default()
+        )));
+    }
+    match store.get(&target.key(name)).map_err(|e| ApiError::internal(e.to_string()))? {
+        None => {
+            let mut object = applied;
+            object["metadata"]["name"] = json!(name);
+            create(store, target, object, strict)
+        }
+        Some(current) => {
+            check_fields(target, &applied, strict)?;
+            let mut merged = current.clone();
+            patch::merge(&mut merged, &applied);
+            update(store, target, name, current, merged, false)
+        }
+    }
+}
+
 fn watch(store: Shared, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
     let number = |key: &str| query.get(key).filter(|v| !v.is_empty()).map(|v| v.parse::<u64>());
     let resource_version =
@@ -387,7 +435,8 @@ async fn handle(
     // Only JSON bodies are understood; 415 makes clients that tried protobuf
     // (kubectl for built-in kinds) fall back to JSON.
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
-    if !body.is_empty() && !content_type.contains("json") {
+    let apply = content_type.starts_with(APPLY_PATCH);
+    if !body.is_empty() && !content_type.contains("json") && !apply {
         return Err(ApiError {
             code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             reason: "UnsupportedMediaType",
@@ -424,6 +473,7 @@ async fn handle(
                 let current = get(&store, &target, &name)?;
                 update(&store, &target, &name, current, parse_stored(&body)?, strict)
             }
+            Method::PATCH if apply => server_side_apply(&store, &target, &name, parse_stored(&body)?, &query, strict),
             Method::PATCH => {
                 let current = get(&store, &target, &name)?;
                 let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();

@@ -63,8 +63,104 @@ fn isoinfo_lists_rock_ridge_and_joliet_names() {
     assert!(descriptor.contains("Volume id: cidata"), "{descriptor}");
     assert!(descriptor.contains("Rock Ridge signatures"), "{descriptor}");
     assert!(descriptor.contains("Joliet"), "{descriptor}");
-    let user_data = Command::new(&isoinfo).args(["-R", "-x", "/user-data", "-i"]).arg(&seed.image).output().unwrap();
-    assert_eq!(user_data.stdout, seed.user_data);
+    let extract = |name: &str| {
+        let output = Command::new(&isoinfo).args(["-R", "-x", &format!("/{name}"), "-i"]).arg(&seed.image).output();
+        output.unwrap().stdout
+    };
+    assert_eq!(extract("user-data"), seed.user_data);
+    assert_eq!(extract("network-config"), NETWORK_CONFIG.as_bytes());
+    let meta: serde_json::Value = serde_json::from_slice(&extract("meta-data")).unwrap();
+    assert_eq!(meta["instance-id"], "5d1c1b34-7f0e-4a5e-9c61-4a2f3b9e8d10");
+}
+
+/// The host kernel's own isofs through a loop device, when this machine has
+/// both (root, loop devices, isofs); otherwise the part is skipped with the
+/// reason printed — the QEMU test below checks Linux's isofs either way.
+#[test]
+fn loop_mount_shows_the_files_byte_for_byte_where_possible() {
+    let seed = make_seed(true);
+    let mountpoint = seed.image.with_file_name("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let mount = Command::new("mount").args(["-o", "loop,ro"]).arg(&seed.image).arg(&mountpoint).output();
+    match mount {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => {
+            eprintln!("skipping the loop mount: {}", String::from_utf8_lossy(&output.stderr).trim());
+            return;
+        }
+        Err(e) => {
+            eprintln!("skipping the loop mount: cannot run mount: {e}");
+            return;
+        }
+    }
+    let read = |name: &str| std::fs::read(mountpoint.join(name));
+    let (user, network, meta) = (read("user-data"), read("network-config"), read("meta-data"));
+    let umount = Command::new("umount").arg(&mountpoint).status();
+    assert_eq!(user.unwrap(), seed.user_data);
+    assert_eq!(network.unwrap(), NETWORK_CONFIG.as_bytes());
+    let meta: serde_json::Value = serde_json::from_slice(&meta.unwrap()).unwrap();
+    assert_eq!(meta["local-hostname"], "vm-cirros");
+    assert!(umount.map(|s| s.success()).unwrap_or(false), "umount {}", mountpoint.display());
+}
+
+#[test]
+fn oversized_input_files_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge-user-data");
+    std::fs::File::create(&huge).unwrap().set_len((16 << 20) + 1).unwrap();
+    let out = dir.path().join("seed.iso");
+    let output = Command::new(kvmlet_bin())
+        .arg("nocloud")
+        .arg("--user-data")
+        .arg(&huge)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("huge-user-data") && stderr.contains("16777217 bytes"), "{stderr}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn defaults_match_cloud_localds() {
+    let xorriso = require_tool("xorriso", "xorriso");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("user-data"), "#cloud-config\n").unwrap();
+    let image = dir.path().join("seed.iso");
+    let output = Command::new(kvmlet_bin())
+        .arg("nocloud")
+        .arg("--user-data")
+        .arg(dir.path().join("user-data"))
+        .arg("--out")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let out = dir.path().join("extracted");
+    let status = Command::new(xorriso)
+        .args(["-osirrox", "on", "-indev"])
+        .arg(&image)
+        .args(["-extract", "/"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("meta-data")).unwrap()).unwrap();
+    assert_eq!(meta, serde_json::json!({"instance-id": "iid-local01"}), "no hostname unless given");
+    // Same inputs, same bytes: the image has fixed timestamps.
+    let again = dir.path().join("again.iso");
+    let status = Command::new(kvmlet_bin())
+        .arg("nocloud")
+        .arg("--user-data")
+        .arg(dir.path().join("user-data"))
+        .arg("--out")
+        .arg(&again)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read(&image).unwrap(), std::fs::read(&again).unwrap());
 }
 
 #[test]

@@ -27,8 +27,9 @@
 //! Server-side apply is a subset (see `objects::server_side_apply`): create
 //! or merge, without managedFields or conflicts.
 //!
-//! Not yet served: protobuf request bodies (415, clients fall back to JSON), aggregated
-//! discovery (clients fall back to the legacy form).
+//! Not yet served: protobuf request bodies (415, clients fall back to JSON).
+//! Discovery is served both aggregated (apidiscovery.k8s.io v2 and v2beta1,
+//! one request for everything) and in the legacy per-group form.
 //!
 //! events.k8s.io/v1 Events are the core v1 Events seen through the other
 //! API's field names (`events`), as in Kubernetes.

@@ -133,3 +133,46 @@ async fn acknowledged_writes_survive_sigkill() {
         assert_eq!(found.metadata.resource_version.as_deref(), Some(version.as_str()));
     }
 }
+
+/// kube-rs's event `Recorder` writes events.k8s.io/v1 Events (and merge-patches
+/// a repeated one into a series); `kubectl describe` reads core v1 Events
+/// about the object. Both must see the same Events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorder_events_show_in_kubectl_describe() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    use kube::Resource;
+
+    let api = Standalone::start();
+    let client = client(&api).await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let created = vms.create(&PostParams::default(), &vm("recorded")).await.unwrap();
+    let reporter = Reporter { controller: "kvmlet-test".into(), instance: Some("node-1".into()) };
+    let recorder = Recorder::new(client, reporter);
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "SuccessfulCreate".into(),
+        note: Some("Started the virtual machine by creating the new virtual machine instance".into()),
+        action: "Create".into(),
+        secondary: None,
+    };
+    let reference = created.object_ref(&());
+    recorder.publish(&event, &reference).await.unwrap();
+    recorder.publish(&event, &reference).await.unwrap(); // the same again: a series of 2
+
+    let kubectl = e2e::require_tool("kubectl", "kubectl");
+    let out = std::process::Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .args(["describe", "vm", "recorded"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let described = String::from_utf8_lossy(&out.stdout);
+    let events = described.split("Events:").nth(1).unwrap_or_default();
+    assert!(
+        events.contains("SuccessfulCreate")
+            && events.contains("Started the virtual machine by creating the new virtual machine instance"),
+        "{described}"
+    );
+    assert_eq!(events.matches("SuccessfulCreate").count(), 1, "a repeated event is one series: {described}");
+}

@@ -16,17 +16,31 @@ fn fake_kernel(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// `kvmlet firmware-dump` into `dir/fw` with the test's UUID and serial.
 fn dump(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--uuid", UUID, "--serial", SERIAL];
+    args.extend_from_slice(extra);
+    dump_without_identity(dir, &args)
+}
+
+/// `kvmlet firmware-dump` into `dir/fw` with only the given flags.
+fn dump_without_identity(dir: &Path, extra: &[&str]) -> std::process::Output {
     let kernel = fake_kernel(dir);
     Command::new(kvmlet_bin())
         .arg("firmware-dump")
         .arg("--kernel")
         .arg(kernel)
-        .args(["--uuid", UUID, "--serial", SERIAL, "--out"])
+        .arg("--out")
         .arg(dir.join("fw"))
         .args(extra)
         .output()
         .unwrap()
+}
+
+fn dmidecode_string(dmidecode: &Path, smbios: &Path, keyword: &str) -> String {
+    let out = Command::new(dmidecode).arg("--from-dump").arg(smbios).args(["-s", keyword]).output().unwrap();
+    assert!(out.status.success(), "dmidecode -s {keyword}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]
@@ -105,4 +119,19 @@ fn firmware_dump_rejects_what_run_rejects() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(!dir.path().join("fw").exists(), "nothing is written for an invalid config");
+}
+
+/// Without --uuid the UUID field is all zeros, which SMBIOS defines as "present
+/// but not set" (all 0xFF would claim there is no UUID field at all); without
+/// --serial the serial string is absent rather than an empty string.
+#[test]
+fn dmidecode_reports_an_unset_uuid_and_serial_as_such() {
+    let dmidecode = require_tool("dmidecode", "dmidecode");
+    let dir = tempfile::tempdir().unwrap();
+    let output = dump_without_identity(dir.path(), &[]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let smbios = dir.path().join("fw/smbios.bin");
+    assert_eq!(dmidecode_string(&dmidecode, &smbios, "system-uuid"), "Not Settable");
+    assert_eq!(dmidecode_string(&dmidecode, &smbios, "system-serial-number"), "Not Specified");
+    assert_eq!(dmidecode_string(&dmidecode, &smbios, "system-manufacturer"), "kvmlet");
 }

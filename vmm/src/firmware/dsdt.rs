@@ -13,7 +13,11 @@ use crate::arch::layout::{
     GED_IRQ, GED_MMIO_START, VIRTIO_MMIO_SIZE,
 };
 
-// Edge-triggered, active-high, exclusive: what an irqfd delivers.
+// Edge-triggered, active-high, exclusive: what an irqfd delivers — one pulse
+// per event, with no resample/EOI path to lower a level line. For the GED this
+// is safe because `_EVT` reads (and so clears) every pending event bit at
+// once, so an event raised while the guest runs `_EVT` either is in that read
+// or comes with its own new edge. Cloud Hypervisor declares its GED the same way.
 fn interrupt(gsi: u32) -> Interrupt {
     Interrupt::new(true, true, false, false, gsi)
 }

@@ -79,27 +79,29 @@ fn owned_vmi(vm_uid: &str) -> String {
 fn kubectl_cascading_deletes() {
     let api = Standalone::start();
     let manifest = std::fs::read_to_string(workspace_root().join("examples/vm-cirros.yaml")).unwrap();
-    let binary = kubectls().pop().unwrap();
-    let k = |args: &[&str], stdin: Option<&str>| ok(&binary, &api, args, stdin);
-    let count = |kind: &str| {
-        let out = kubectl(&binary, &api, &["get", kind, "-o", "name"], None);
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
-    for (cascade, vmis_left) in [("background", 0), ("foreground", 0), ("orphan", 1)] {
-        k(&["create", "-f", "-"], Some(&manifest));
-        let uid = k(&["get", "vm", "vm-cirros", "-o", "jsonpath={.metadata.uid}"], None);
-        k(&["create", "-f", "-"], Some(&owned_vmi(&uid)));
-        k(&["delete", "vm", "vm-cirros", &format!("--cascade={cascade}")], None);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while count("vmis") != vmis_left && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        assert_eq!(count("vms"), 0, "--cascade={cascade} deletes the VM");
-        assert_eq!(count("vmis"), vmis_left, "--cascade={cascade}");
-        if vmis_left == 1 {
-            let owners = k(&["get", "vmi", "vm-cirros", "-o", "jsonpath={.metadata.ownerReferences}"], None);
-            assert_eq!(owners, "", "an orphan has no owner reference left");
-            k(&["delete", "vmi", "vm-cirros"], None);
+    for binary in kubectls() {
+        let version = binary.file_name().unwrap().to_string_lossy().into_owned();
+        let k = |args: &[&str], stdin: Option<&str>| ok(&binary, &api, args, stdin);
+        let count = |kind: &str| {
+            let out = kubectl(&binary, &api, &["get", kind, "-o", "name"], None);
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        };
+        for (cascade, vmis_left) in [("background", 0), ("foreground", 0), ("orphan", 1)] {
+            k(&["create", "-f", "-"], Some(&manifest));
+            let uid = k(&["get", "vm", "vm-cirros", "-o", "jsonpath={.metadata.uid}"], None);
+            k(&["create", "-f", "-"], Some(&owned_vmi(&uid)));
+            k(&["delete", "vm", "vm-cirros", &format!("--cascade={cascade}")], None);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while count("vmis") != vmis_left && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            assert_eq!(count("vms"), 0, "{version} --cascade={cascade} deletes the VM");
+            assert_eq!(count("vmis"), vmis_left, "{version} --cascade={cascade}");
+            if vmis_left == 1 {
+                let owners = k(&["get", "vmi", "vm-cirros", "-o", "jsonpath={.metadata.ownerReferences}"], None);
+                assert_eq!(owners, "", "{version}: an orphan has no owner reference left");
+                k(&["delete", "vmi", "vm-cirros"], None);
+            }
         }
     }
 }

@@ -12,6 +12,12 @@ struct Column {
     path: &'static str,
 }
 
+/// When an Event was last seen: events.k8s.io writers (kube-rs's Recorder)
+/// set only `eventTime` and `series`, core writers `lastTimestamp`.
+const LAST_SEEN: &str = ".series.lastObservedTime|.lastTimestamp|.eventTime";
+/// Not a path: the Event's object as kubectl shows it, `kind/name` in lower case.
+const INVOLVED_OBJECT: &str = "involvedObject";
+
 fn columns(resource: &Resource) -> Vec<Column> {
     let age = Column { name: "Age", kind: "date", path: ".metadata.creationTimestamp" };
     let ready = Column { name: "Ready", kind: "string", path: ".status.conditions[?(@.type=='Ready')].status" };
@@ -27,6 +33,14 @@ fn columns(resource: &Resource) -> Vec<Column> {
             ready,
         ],
         "Namespace" => vec![Column { name: "Status", kind: "string", path: ".status.phase" }, age],
+        // As the Kubernetes API server prints core Events (Name only with -o wide).
+        "Event" => vec![
+            Column { name: "Last Seen", kind: "date", path: LAST_SEEN },
+            Column { name: "Type", kind: "string", path: ".type" },
+            Column { name: "Reason", kind: "string", path: ".reason" },
+            Column { name: "Object", kind: "string", path: INVOLVED_OBJECT },
+            Column { name: "Message", kind: "string", path: ".message" },
+        ],
         _ => vec![age],
     }
 }
@@ -93,7 +107,14 @@ pub fn age(timestamp: &str) -> String {
 
 /// Missing values are empty cells, as kubectl prints them for CRD columns.
 fn cell(column: &Column, object: &Value) -> Value {
-    match evaluate(object, column.path) {
+    if column.path == INVOLVED_OBJECT {
+        let involved = &object["involvedObject"];
+        let kind = involved["kind"].as_str().unwrap_or_default().to_lowercase();
+        return json!(format!("{kind}/{}", involved["name"].as_str().unwrap_or_default()));
+    }
+    // Alternatives separated by `|`: the first that is set.
+    let value = column.path.split('|').find_map(|path| evaluate(object, path).filter(|v| !v.is_null()));
+    match value {
         None | Some(Value::Null) => json!(""),
         Some(Value::String(s)) if column.kind == "date" => json!(age(s)),
         Some(value) => value.clone(),
@@ -101,8 +122,10 @@ fn cell(column: &Column, object: &Value) -> Value {
 }
 
 pub fn table(resource: &Resource, items: &[Value], resource_version: u64) -> Value {
-    let mut definitions =
-        vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0})];
+    let name_priority = if resource.kind == "Event" { 1 } else { 0 };
+    let mut definitions = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": name_priority}),
+    ];
     let columns = columns(resource);
     for column in &columns {
         definitions.push(json!({"name": column.name, "type": if column.kind == "date" { "string" } else { column.kind }, "format": "", "description": column.name, "priority": 0}));
@@ -155,5 +178,22 @@ mod tests {
             table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["Name", "Age", "Status", "Ready"]);
         assert_eq!(table["rows"][0]["cells"], json!(["a", "0s", "Stopped", ""]));
+    }
+
+    #[test]
+    fn events_print_like_kubectl_get_events() {
+        let events = Resource::find("", "v1", "events").unwrap();
+        let recorded = json!({"metadata": {"name": "vm-cirros.1"}, "type": "Normal", "reason": "SuccessfulCreate",
+            "message": "Created the VMI", "eventTime": chrono::Utc::now().to_rfc3339(),
+            "involvedObject": {"kind": "VirtualMachine", "name": "vm-cirros"}});
+        let table = table(events, &[recorded], 3);
+        let names: Vec<&str> =
+            table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["Name", "Last Seen", "Type", "Reason", "Object", "Message"]);
+        assert_eq!(table["columnDefinitions"][0]["priority"], 1, "kubectl get events shows no name column");
+        assert_eq!(
+            table["rows"][0]["cells"],
+            json!(["vm-cirros.1", "0s", "Normal", "SuccessfulCreate", "virtualmachine/vm-cirros", "Created the VMI"])
+        );
     }
 }

@@ -25,6 +25,9 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let api = EmbeddedApi::open(&args.data_dir)?;
+        // The loops that run next to the API (the VirtualMachine controller,
+        // the node loop) start here, each with `api.client()`: an in-process
+        // kube::Client through the same handlers kubectl reaches.
         let tcp =
             tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
         let address = tcp.local_addr()?;

@@ -174,4 +174,20 @@ mod tests {
             other => panic!("expected a 422 without a field manager, got {other}"),
         }
     }
+
+    #[tokio::test]
+    async fn delete_collection_deletes_what_the_selector_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = EmbeddedApi::open(dir.path()).unwrap();
+        let vms: Api<VirtualMachine> = Api::default_namespaced(api.client());
+        for (name, tier) in [("web-1", "web"), ("web-2", "web"), ("db-1", "db")] {
+            let mut labelled = vm(name);
+            labelled.metadata.labels = Some([("tier".to_string(), tier.to_string())].into());
+            vms.create(&PostParams::default(), &labelled).await.unwrap();
+        }
+        vms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("tier=web")).await.unwrap();
+        let left: Vec<String> =
+            vms.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|v| v.metadata.name).collect();
+        assert_eq!(left, ["db-1"]);
+    }
 }

@@ -24,6 +24,9 @@ use super::store::{ObjectKey, Scope, Store};
 use super::table;
 use super::watch::{self, WatchRequest};
 
+mod apply;
+use apply::{server_side_apply, APPLY_PATCH};
+
 pub type Shared = Arc<Store>;
 
 /// What a request path names.
@@ -346,52 +349,43 @@ fn delete(
     Ok(Json(gone).into_response())
 }
 
-/// Content type of server-side apply requests (kubectl and kube-rs send JSON,
-/// which is YAML too; only JSON bodies are understood).
-const APPLY_PATCH: &str = "application/apply-patch+yaml";
-
-/// Server-side apply, the subset kvmlet's clients rely on: the applied
-/// configuration creates the object when it is absent and is merged into it
-/// (JSON merge patch rules) when present. Not done: managedFields and
-/// per-manager field ownership, so there are no apply conflicts and fields a
-/// manager stops applying are kept rather than removed.
-fn server_side_apply(
+/// `deletecollection`: each object the selectors match is deleted as by
+/// its own DELETE (finalizers, propagation); the answer lists them as they
+/// were before.
+fn delete_collection(
     store: &Store,
     target: &Target,
-    name: &str,
-    applied: Value,
+    body: &Bytes,
     query: &HashMap<String, String>,
-    strict: bool,
 ) -> Result<Response, ApiError> {
-    if query.get("fieldManager").is_none_or(|m| m.is_empty()) {
-        return Err(ApiError::invalid(
-            "PatchOptions",
-            "",
-            vec![("fieldManager".into(), "Required value: is required for apply patch".into())],
-        ));
-    }
-    if !applied.is_object() || !applied.get("metadata").is_none_or(Value::is_object) {
-        return Err(ApiError::bad_request("the applied configuration must be an object with object metadata"));
-    }
-    if applied["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-        return Err(ApiError::bad_request(format!(
-            "the name of the object ({}) does not match the name on the URL ({name})",
-            applied["metadata"]["name"].as_str().unwrap_or_default()
-        )));
-    }
-    match store.get(&target.key(name)).map_err(|e| ApiError::internal(e.to_string()))? {
-        None => {
-            let mut object = applied;
-            object["metadata"]["name"] = json!(name);
-            create(store, target, object, strict)
-        }
-        Some(current) => {
-            check_fields(target, &applied, strict)?;
-            let mut merged = current.clone();
-            patch::merge(&mut merged, &applied);
-            update(store, target, name, current, merged, false)
+    let scope = Scope { resource: target.resource.store_name(), namespace: target.namespace.clone() };
+    let (items, revision) = store.list(&scope).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut deleted = Vec::new();
+    for (_, object) in items {
+        let selected = query.get("labelSelector").is_none_or(|s| labels_match(&object, s))
+            && query.get("fieldSelector").is_none_or(|s| fields_match(&object, s));
+        let Some(name) = object["metadata"]["name"].as_str().filter(|_| selected) else { continue };
+        let one = Target {
+            resource: target.resource,
+            events_view: target.events_view,
+            namespace: object["metadata"]["namespace"].as_str().map(str::to_string),
+            name: Some(name.to_string()),
+            subresource: None,
+        };
+        match delete(store, &one, name, body, query) {
+            Ok(_) => deleted.push(object),
+            // Deleted meanwhile by someone else: nothing left to do for it.
+            Err(error) if error.code == StatusCode::NOT_FOUND => {}
+            Err(error) => return Err(error),
         }
     }
+    Ok(Json(json!({
+        "kind": format!("{}List", target.resource.kind),
+        "apiVersion": target.resource.api_version(),
+        "metadata": {"resourceVersion": revision.to_string()},
+        "items": deleted,
+    }))
+    .into_response())
 }
 
 fn watch(store: Shared, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
@@ -453,6 +447,7 @@ async fn handle(
             return match method {
                 Method::GET => list(&store, &target, &query, as_table),
                 Method::POST => create(&store, &target, parse_stored(&body)?, strict),
+                Method::DELETE => delete_collection(&store, &target, &body, &query),
                 _ => Err(ApiError {
                     code: StatusCode::METHOD_NOT_ALLOWED,
                     reason: "MethodNotAllowed",

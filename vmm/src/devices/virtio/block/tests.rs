@@ -25,7 +25,7 @@ struct Rig {
     driver: GuestQueue,
     active: ActiveQueue,
     interrupt: Interrupt,
-    disk: Disk,
+    disk: Arc<Disk>,
     file: tempfile::NamedTempFile,
 }
 
@@ -39,12 +39,8 @@ fn rig_with(readonly: bool, queue_size: u16) -> Rig {
     let content: Vec<u8> = (0..DISK_SECTORS * SECTOR_SIZE).map(pattern).collect();
     file.write_all(&content).unwrap();
     let handle = std::fs::OpenOptions::new().read(true).write(!readonly).open(file.path()).unwrap();
-    let block = Block::new(handle, readonly, Some("disk-serial-0001")).unwrap();
-    let disk = Arc::try_unwrap(block.disk.clone()).ok();
-    let disk = disk.unwrap_or_else(|| {
-        let handle = std::fs::OpenOptions::new().read(true).write(!readonly).open(file.path()).unwrap();
-        Disk { file: handle, readonly, capacity_sectors: block.capacity_sectors(), id: block.disk.id }
-    });
+    // The device's own disk (capacity and id as Block::new computed them).
+    let disk = Block::new(handle, readonly, Some("disk-serial-0001")).unwrap().disk.clone();
     let driver = GuestQueue::new(QUEUE_BASE, queue_size);
     let mut queue = Queue::new(QUEUE_SIZE).unwrap();
     queue.set_size(queue_size);

@@ -3,3 +3,6 @@
 
 pub mod apiserver;
 pub mod cli;
+pub mod node;
+pub mod nodesock;
+pub mod vmprocess;

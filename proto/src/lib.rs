@@ -4,5 +4,6 @@
 
 pub mod kubevirt;
 pub mod labels;
+pub mod node;
 
 pub use kubevirt::*;

@@ -41,6 +41,7 @@ const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct VmHandle {
     exit: Arc<ExitSignal>,
     ged: Arc<Mutex<Ged>>,
+    serial: Arc<Mutex<SerialPort>>,
 }
 
 impl VmHandle {
@@ -52,6 +53,12 @@ impl VmHandle {
     /// Stops the VM at once; `Vm::wait` returns `ExitReason::Killed`.
     pub fn kill(&self) {
         self.exit.request(ExitReason::Killed);
+    }
+
+    /// Types `bytes` on the serial console; returns how many the UART took
+    /// (its receive FIFO holds 64 bytes until the guest reads them).
+    pub fn console_input(&self, bytes: &[u8]) -> usize {
+        self.serial.lock().unwrap_or_else(|p| p.into_inner()).input(bytes)
     }
 
     /// The exit reason, if the VM has stopped (or is stopping).
@@ -119,8 +126,9 @@ impl Vm {
         let console_ring = console.ring();
         let serial_irq = irq_line(&vm_fd, COM1_IRQ)?;
         let ged = Arc::new(Mutex::new(Ged::new(irq_line(&vm_fd, GED_IRQ)?)));
+        let serial = Arc::new(Mutex::new(SerialPort::new(serial_irq, console)));
         let mut pio = Bus::new();
-        pio.insert(COM1_PORT.into(), COM1_PORT_LEN.into(), Arc::new(Mutex::new(SerialPort::new(serial_irq, console))))?;
+        pio.insert(COM1_PORT.into(), COM1_PORT_LEN.into(), serial.clone())?;
         pio.insert(I8042_DATA_PORT.into(), 5, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
         let shutdown = Arc::new(Mutex::new(AcpiShutdown::new(exit.clone())));
         pio.insert(ACPI_SHUTDOWN_PORT.into(), ACPI_SHUTDOWN_PORT_LEN.into(), shutdown)?;
@@ -148,7 +156,7 @@ impl Vm {
             config,
             threads: Vec::new(),
             vcpus,
-            handle: VmHandle { exit, ged },
+            handle: VmHandle { exit, ged, serial },
             console: console_ring,
             memory,
             _vm_fd: vm_fd,

@@ -41,7 +41,8 @@ const fn core(
 
 pub const RESOURCES: &[Resource] = &[
     core("namespaces", "namespace", "Namespace", false, &["ns"]),
-    core("nodes", "node", "Node", false, &["no"]),
+    // As in Kubernetes: agents write capacity through nodes/status.
+    Resource { status_subresource: true, ..core("nodes", "node", "Node", false, &["no"]) },
     core("events", "event", "Event", true, &["ev"]),
     core("services", "service", "Service", true, &["svc"]),
     core("secrets", "secret", "Secret", true, &[]),

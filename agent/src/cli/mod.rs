@@ -1,10 +1,15 @@
 //! Command-line interface: one module per subcommand.
 
+mod agent;
+mod debug;
 mod firmware_dump;
 mod nocloud;
+mod node_args;
 mod run;
 mod standalone;
+mod systemd;
 mod vm_args;
+mod vm_process;
 
 use std::process::ExitCode;
 
@@ -34,8 +39,19 @@ pub enum Command {
     FirmwareDump(firmware_dump::FirmwareDumpArgs),
     /// Write a cloud-init NoCloud seed image (like cloud-localds).
     Nocloud(nocloud::NocloudArgs),
-    /// Serve the kubevirt.io/v1 API on this machine (kubectl --kubeconfig DIR/kubeconfig).
+    /// Serve the kubevirt.io/v1 API on this machine (kubectl --kubeconfig DIR/kubeconfig) and run its VMs.
     Standalone(standalone::StandaloneArgs),
+    /// Run this node's VirtualMachineInstances as microVMs (the node agent).
+    Agent(agent::AgentArgs),
+    /// List the VMs on this node (through the agent's debugging socket).
+    Ps(debug::PsArgs),
+    /// Show one VM's state and VmConfig.
+    Inspect(debug::VmiArgs),
+    /// Attach to a VM's serial console (Ctrl-] detaches).
+    Console(debug::VmiArgs),
+    /// Run one VM for the node agent (started by the agent, not by hand).
+    #[command(hide = true)]
+    VmProcess(vm_process::VmProcessArgs),
 }
 
 impl Command {
@@ -45,6 +61,11 @@ impl Command {
             Command::FirmwareDump(args) => firmware_dump::main(args).map(|()| ExitCode::SUCCESS),
             Command::Nocloud(args) => nocloud::main(args).map(|()| ExitCode::SUCCESS),
             Command::Standalone(args) => standalone::main(args).map(|()| ExitCode::SUCCESS),
+            Command::Agent(args) => agent::main(args).map(|()| ExitCode::SUCCESS),
+            Command::Ps(args) => debug::ps(args).map(|()| ExitCode::SUCCESS),
+            Command::Inspect(args) => debug::inspect(args).map(|()| ExitCode::SUCCESS),
+            Command::Console(args) => debug::console(args).map(|()| ExitCode::SUCCESS),
+            Command::VmProcess(args) => vm_process::main(args),
         }
     }
 }
@@ -59,4 +80,33 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// A client for the API named by `kubeconfig`, else found as kubectl finds
+/// it (KUBECONFIG, ~/.kube/config) or in-cluster.
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    use anyhow::Context;
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
 }

@@ -1,4 +1,5 @@
-//! `kvmlet standalone`: the embedded Kubernetes-compatible API on one machine.
+//! `kvmlet standalone`: the embedded Kubernetes-compatible API on one
+//! machine, with the node loop running this machine's VMs against it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,8 +7,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
+use super::node_args::NodeArgs;
 use crate::apiserver::embedded::EmbeddedApi;
 use crate::apiserver::{server, tls};
+use crate::node::{assign, NodeLoop};
+use crate::nodesock;
 
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
@@ -17,17 +21,32 @@ pub struct StandaloneArgs {
     /// Loopback address for kubectl (port 0 picks a free one; see DIR/kubeconfig).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// Serve the API only: no node loop runs VMs here (agents elsewhere may).
+    #[arg(long)]
+    pub no_node: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.listen.ip().is_loopback(), "--listen {}: only loopback addresses are served", args.listen);
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
+    let node_config = (!args.no_node).then(|| args.node.config()).transpose()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let api = EmbeddedApi::open(&args.data_dir)?;
-        // The loops that run next to the API (the VirtualMachine controller,
-        // the node loop) start here, each with `api.client()`: an in-process
-        // kube::Client through the same handlers kubectl reaches.
+        // The loops next to the API use an in-process kube::Client through
+        // the same handlers kubectl reaches.
+        if let Some(config) = node_config {
+            let node = NodeLoop::new(api.client(), config.clone())
+                .with_context(|| format!("--run-dir {}", config.run_dir.display()))?;
+            let socket = config.run_dir.join(nodesock::SOCKET_NAME);
+            let listener = nodesock::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
+            nodesock::server::spawn(listener, node.vms());
+            tokio::spawn(assign::run(api.client(), config.node_name.clone()));
+            tokio::spawn(node.run(std::future::pending()));
+            tracing::info!(node = %config.node_name, socket = %socket.display(), "node loop started");
+        }
         let tcp =
             tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
         let address = tcp.local_addr()?;

@@ -15,6 +15,19 @@ impl SerialPort {
     pub fn new(irq: IrqLine, console: Console) -> Self {
         SerialPort { uart: Serial::new(irq, console) }
     }
+
+    /// Queues bytes typed on the console for the guest to read; returns how
+    /// many fit in the 64-byte receive FIFO (the rest is the caller's to retry).
+    pub fn input(&mut self, bytes: &[u8]) -> usize {
+        match self.uart.enqueue_raw_bytes(bytes) {
+            Ok(queued) => queued,
+            Err(vm_superio::serial::Error::FullFifo) => 0,
+            Err(e) => {
+                tracing::warn!(error = ?e, "serial input interrupt failed");
+                0
+            }
+        }
+    }
 }
 
 impl BusDevice for SerialPort {

@@ -1,0 +1,41 @@
+//! `kvmlet agent`: the node loop against a Kubernetes API (a cluster, or
+//! another machine's `kvmlet standalone`), with the debugging socket.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::node_args::NodeArgs;
+use super::systemd;
+use crate::node::NodeLoop;
+use crate::nodesock;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Kubeconfig (else KUBECONFIG, ~/.kube/config, or the in-cluster service account).
+    #[arg(long, value_name = "FILE", env = "KVMLET_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+pub fn main(args: AgentArgs) -> anyhow::Result<()> {
+    let config = args.node.config()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = super::kube_client(args.kubeconfig.as_deref()).await?;
+        let node =
+            NodeLoop::new(client, config.clone()).with_context(|| format!("--run-dir {}", config.run_dir.display()))?;
+        let socket = config.run_dir.join(nodesock::SOCKET_NAME);
+        let listener = nodesock::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
+        let server = nodesock::server::spawn(listener, node.vms());
+        tracing::info!(node = %config.node_name, socket = %socket.display(), "node agent ready");
+        systemd::notify_ready();
+        let watchdog = tokio::spawn(systemd::watchdog());
+        node.run(super::shutdown_signal()).await;
+        watchdog.abort();
+        server.abort();
+        anyhow::Ok(())
+    })
+}

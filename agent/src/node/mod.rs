@@ -1,0 +1,201 @@
+//! The node loop (KubeVirt's virt-handler): runs the VMIs assigned to this
+//! node as VM processes and reports their phase.
+//!
+//! - `registration`: the Node object, heartbeat and capacity.
+//! - `assign`: standalone mode's one-node scheduler.
+//! - `translate` (+ `quantity`, `disks`): VMI spec → `VmConfig` and disk files.
+//! - `vms`: the table of VM processes, watched over their control sockets.
+//! - `reconcile`: one VMI and its VM process brought in line.
+//! - `report`: status, finalizer and events written back.
+
+pub mod assign;
+mod disks;
+mod quantity;
+pub mod reconcile;
+pub mod registration;
+pub mod report;
+pub mod translate;
+pub mod vms;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use proto::kubevirt::VirtualMachineInstance;
+use proto::labels::NODE_NAME_LABEL;
+use proto::node::ControlRequest;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+pub use translate::NodeDefaults;
+use vms::{Process, VmTable};
+
+use crate::vmprocess::client;
+
+/// How a node agent runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_name: String,
+    /// State directories (`vms/<uid>/`) and the debugging socket.
+    pub run_dir: PathBuf,
+    pub defaults: NodeDefaults,
+    /// Host cgroup directory that VM processes are moved under (DaemonSet).
+    pub cgroup_parent: Option<PathBuf>,
+    /// The kvmlet binary, re-executed as `kvmlet vm-process` for each VM.
+    pub exe: PathBuf,
+    pub heartbeat_interval: Duration,
+}
+
+/// What every reconcile shares.
+pub struct NodeContext {
+    pub config: NodeConfig,
+    pub client: Client,
+    pub vms: VmTable,
+    pub reporter: report::VmiReporter,
+}
+
+impl NodeContext {
+    /// The Secrets the VMI's cloud-init volumes name (missing ones are left
+    /// out, and translation names the field that refers to them).
+    async fn secrets(&self, vmi: &VirtualMachineInstance) -> kube::Result<translate::Secrets> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &vmi.namespace().unwrap_or_default());
+        let mut secrets = translate::Secrets::new();
+        for name in translate::secret_names(vmi) {
+            if let Some(secret) = api.get_opt(&name).await? {
+                let data: BTreeMap<String, Vec<u8>> =
+                    secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+                secrets.insert(name, data);
+            }
+        }
+        Ok(secrets)
+    }
+}
+
+/// The node loop, ready to run: VM processes from an earlier agent are
+/// already re-attached when `new` returns.
+pub struct NodeLoop {
+    ctx: Arc<NodeContext>,
+    pokes: mpsc::UnboundedReceiver<ObjectRef<VirtualMachineInstance>>,
+}
+
+impl NodeLoop {
+    pub fn new(client: Client, config: NodeConfig) -> std::io::Result<NodeLoop> {
+        std::fs::create_dir_all(crate::vmprocess::state_dir::vms_dir(&config.run_dir))?;
+        std::fs::set_permissions(&config.run_dir, std::fs::Permissions::from_mode(0o700))?;
+        let (poke, pokes) = mpsc::unbounded_channel();
+        let vms = VmTable::new(poke);
+        vms.attach_all(&config.run_dir);
+        let reporter = report::VmiReporter::new(client.clone(), &config.node_name);
+        Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter }), pokes })
+    }
+
+    /// The VM table, for the debugging socket.
+    pub fn vms(&self) -> VmTable {
+        self.ctx.vms.clone()
+    }
+
+    /// Runs until `shutdown` resolves; then marks the node unschedulable.
+    /// VM processes keep running: the next agent re-attaches to them.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+        let ctx = self.ctx;
+        let node = ctx.config.node_name.clone();
+        register_until_done(&ctx).await;
+        let heartbeat = tokio::spawn(heartbeats(ctx.clone()));
+
+        let vmis: Api<VirtualMachineInstance> = Api::all(ctx.client.clone());
+        let selector = watcher::Config::default().labels(&format!("{NODE_NAME_LABEL}={node}"));
+        let controller = Controller::new(vmis, selector).reconcile_on(UnboundedReceiverStream::new(self.pokes));
+        let sweeper = tokio::spawn(sweep_orphans(ctx.clone(), controller.store()));
+        controller
+            .graceful_shutdown_on(shutdown)
+            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "node loop");
+                }
+            })
+            .await;
+        heartbeat.abort();
+        sweeper.abort();
+        if let Err(e) = registration::heartbeat(&ctx.client, &node, false).await {
+            tracing::warn!(error = %e, "cannot mark the node unschedulable");
+        }
+        tracing::info!(node, "node loop stopped; VM processes keep running");
+    }
+}
+
+async fn register_until_done(ctx: &NodeContext) {
+    let capacity = registration::Capacity::of_this_host();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match registration::register(&ctx.client, &ctx.config.node_name, capacity).await {
+            Ok(()) => {
+                tracing::info!(node = %ctx.config.node_name, ?capacity, "node registered");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot register the node; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn heartbeats(ctx: Arc<NodeContext>) {
+    loop {
+        tokio::time::sleep(ctx.config.heartbeat_interval).await;
+        if let Err(e) = registration::heartbeat(&ctx.client, &ctx.config.node_name, true).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// VM processes whose VMI no longer exists are stopped and cleaned up
+/// (their VMI was removed behind the node's back, e.g. a forced finalizer
+/// removal, or while the agent was away).
+async fn sweep_orphans(ctx: Arc<NodeContext>, store: Store<VirtualMachineInstance>) {
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        let known: Vec<String> = store.state().iter().filter_map(|vmi| vmi.uid()).collect();
+        let orphans: Vec<vms::VmEntry> =
+            ctx.vms.lock().values().filter(|e| !known.contains(&e.identity.uid)).cloned().collect();
+        for entry in orphans {
+            let VmEntry { identity, .. } = &entry;
+            let span =
+                tracing::info_span!("vmi", namespace = %identity.namespace, name = %identity.name, uid = %identity.uid);
+            let _enter = span.enter();
+            match entry.process {
+                Process::Exited(_) => {
+                    if !entry.cleaned {
+                        tracing::info!("cleaning up the VM of a VMI that no longer exists");
+                        let _ = entry.dir.remove();
+                        if let Some(parent) = &ctx.config.cgroup_parent {
+                            crate::vmprocess::cgroup::remove(parent, &entry.dir);
+                        }
+                    }
+                    ctx.vms.remove(&identity.uid);
+                }
+                _ => {
+                    tracing::info!("stopping the VM of a VMI that no longer exists");
+                    if let Err(e) = client::request(&entry.dir, &ControlRequest::Kill).await {
+                        tracing::debug!(error = %e, "kill failed");
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+use vms::VmEntry;

@@ -1,0 +1,213 @@
+//! The node's table of VM processes, keyed by VMI UID, kept current by one
+//! watch task per process. Every change pokes the node loop for that VMI.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kube::runtime::reflector::ObjectRef;
+use proto::kubevirt::VirtualMachineInstance;
+use proto::node::{VmExit, VmProcessState, VmProcessStatus, VmSummary};
+use tokio::sync::mpsc::UnboundedSender;
+use vmm::VmConfig;
+
+use crate::vmprocess::client::{self, StatusWatch};
+use crate::vmprocess::server::now_ms;
+use crate::vmprocess::state_dir::{self, StateDir, VmIdentity, VmRecord};
+
+/// What the agent knows of a VM process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Process {
+    /// Spawned or attached; the guest does not run yet.
+    Starting,
+    /// The guest runs (`status` has its boot count and start time).
+    Running,
+    /// The process is gone: with the exit it recorded, or None if it died
+    /// without recording one (killed, crashed).
+    Exited(Option<VmExit>),
+}
+
+/// A graceful shutdown in progress.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    pub started: Instant,
+    pub last_press: Instant,
+    pub grace: Duration,
+    /// The grace period ran out and the VM was killed.
+    pub killed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmEntry {
+    pub identity: VmIdentity,
+    pub dir: StateDir,
+    pub config: VmConfig,
+    pub pid: Option<u32>,
+    pub process: Process,
+    pub status: Option<VmProcessStatus>,
+    pub shutdown: Option<Shutdown>,
+    /// The state directory is gone (the VM's final state was handled).
+    pub cleaned: bool,
+    /// The phase last reported for the VMI.
+    pub phase: String,
+}
+
+impl VmEntry {
+    pub fn summary(&self) -> VmSummary {
+        let running = self.process == Process::Running;
+        let uptime_seconds = self
+            .status
+            .as_ref()
+            .and_then(|s| s.started_at_ms)
+            .filter(|_| running)
+            .map(|started| now_ms().saturating_sub(started) / 1000);
+        let last_exit = match &self.process {
+            Process::Exited(Some(exit)) => Some(exit.clone()),
+            Process::Exited(None) => Some(VmExit {
+                kind: proto::node::VmExitKind::Error,
+                message: "the VM process died without recording an exit".into(),
+                at_ms: 0,
+            }),
+            _ => None,
+        };
+        VmSummary {
+            namespace: self.identity.namespace.clone(),
+            name: self.identity.name.clone(),
+            uid: self.identity.uid.clone(),
+            pid: self.pid.filter(|_| !matches!(self.process, Process::Exited(_))),
+            phase: self.phase.clone(),
+            vcpus: self.config.vcpus,
+            memory_mib: self.config.memory_mib,
+            uptime_seconds,
+            boots: self.status.as_ref().map_or(0, |s| s.boots),
+            last_exit,
+        }
+    }
+
+    pub fn object_ref(&self) -> ObjectRef<VirtualMachineInstance> {
+        ObjectRef::new(&self.identity.name).within(&self.identity.namespace)
+    }
+}
+
+/// The shared table and the channel that pokes the node loop.
+#[derive(Clone)]
+pub struct VmTable {
+    entries: Arc<Mutex<HashMap<String, VmEntry>>>,
+    poke: UnboundedSender<ObjectRef<VirtualMachineInstance>>,
+}
+
+impl VmTable {
+    pub fn new(poke: UnboundedSender<ObjectRef<VirtualMachineInstance>>) -> VmTable {
+        VmTable { entries: Arc::default(), poke }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<String, VmEntry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, uid: &str) -> Option<VmEntry> {
+        self.lock().get(uid).cloned()
+    }
+
+    pub fn update(&self, uid: &str, change: impl FnOnce(&mut VmEntry)) {
+        if let Some(entry) = self.lock().get_mut(uid) {
+            change(entry);
+        }
+    }
+
+    pub fn remove(&self, uid: &str) -> Option<VmEntry> {
+        self.lock().remove(uid)
+    }
+
+    /// Finds the VM processes a previous agent left in `run_dir` and watches
+    /// them again. Directories without a readable record are removed.
+    pub fn attach_all(&self, run_dir: &Path) {
+        for dir in state_dir::list(run_dir) {
+            let record = match dir.read_record() {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.path().display(), error = %e, "removing a state directory without a record");
+                    let _ = dir.remove();
+                    continue;
+                }
+            };
+            let alive = dir.is_locked();
+            let process = if alive { Process::Starting } else { Process::Exited(dir.read_exit()) };
+            let VmIdentity { namespace, name, uid } = &record.identity;
+            tracing::info!(%namespace, %name, %uid, alive, pid = ?dir.read_pid(), "re-attached to a VM");
+            self.insert(record, dir.clone(), dir.read_pid(), process);
+            if alive {
+                self.watch(dir, false);
+            }
+        }
+    }
+
+    /// Writes the record, starts the VM process and watches it.
+    pub fn start(&self, record: VmRecord, dir: StateDir, exe: &Path, cgroup: Option<&Path>) -> std::io::Result<()> {
+        dir.write_record(&record)?;
+        let pid = client::spawn(exe, &dir, cgroup)?;
+        self.insert(record, dir.clone(), Some(pid), Process::Starting);
+        self.watch(dir, true);
+        Ok(())
+    }
+
+    fn insert(&self, record: VmRecord, dir: StateDir, pid: Option<u32>, process: Process) {
+        let entry = VmEntry {
+            identity: record.identity.clone(),
+            dir,
+            config: record.config,
+            pid,
+            process,
+            status: None,
+            shutdown: None,
+            cleaned: false,
+            phase: String::new(),
+        };
+        self.lock().insert(record.identity.uid, entry);
+    }
+
+    /// Follows one VM process until it is gone.
+    fn watch(&self, dir: StateDir, just_spawned: bool) {
+        let table = self.clone();
+        tokio::spawn(async move {
+            let Some(uid) = dir.path().file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
+            match StatusWatch::connect(&dir, just_spawned).await {
+                Ok(mut watch) => {
+                    while let Ok(Some(status)) = watch.next().await {
+                        table.update(&uid, |entry| {
+                            entry.pid = Some(status.pid);
+                            if status.state == VmProcessState::Running {
+                                entry.process = Process::Running;
+                            }
+                            entry.status = Some(status);
+                        });
+                        table.poke(&uid);
+                    }
+                }
+                Err(e) => tracing::debug!(%uid, error = %e, "cannot watch the VM process"),
+            }
+            // The socket closed: the process is gone (its lock goes with it).
+            let exit = dir.read_exit();
+            table.update(&uid, |entry| entry.process = Process::Exited(exit));
+            table.poke(&uid);
+        });
+    }
+
+    /// Asks the node loop to look at this VM's VMI again.
+    pub fn poke(&self, uid: &str) {
+        if let Some(object) = self.get(uid).map(|e| e.object_ref()) {
+            let _ = self.poke.send(object);
+        }
+    }
+
+    pub fn summaries(&self) -> Vec<VmSummary> {
+        let mut list: Vec<VmSummary> = self.lock().values().map(VmEntry::summary).collect();
+        list.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        list
+    }
+
+    pub fn find(&self, namespace: &str, name: &str) -> Option<VmEntry> {
+        self.lock().values().find(|e| e.identity.namespace == namespace && e.identity.name == name).cloned()
+    }
+}

@@ -1,0 +1,191 @@
+//! A VM's state directory, `RUN_DIR/vms/<uid>/`: everything the agent and the
+//! VM process share, so that a restarted agent finds its VMs again.
+//!
+//! | file | written by | what |
+//! |---|---|---|
+//! | `vm.json` | agent, before spawning | [`VmRecord`]: the VMI's identity and the `VmConfig` |
+//! | `lock` | VM process holds `flock` on it while alive | at most one VM process per UID |
+//! | `pid` | VM process | its pid |
+//! | `control.sock` | VM process | [`proto::node::ControlRequest`] lines |
+//! | `serial.log` | VM process | the guest's serial console |
+//! | `exit.json` | VM process, last | [`proto::node::VmExit`] |
+//! | `vmm.log` | VM process (stderr) | its own log |
+//! | `disks/` | agent | seed image, empty disks, container disk copies |
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use proto::node::VmExit;
+use serde::{Deserialize, Serialize};
+use vmm::VmConfig;
+
+/// Who a VM is, as far as the node is concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// `vm.json`: what the agent asked the VM process to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmRecord {
+    #[serde(flatten)]
+    pub identity: VmIdentity,
+    pub config: VmConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// `RUN_DIR/vms/<uid>`; the UID must be a plain name (it comes from the API).
+    pub fn new(run_dir: &Path, uid: &str) -> io::Result<StateDir> {
+        let valid = !uid.is_empty()
+            && uid.len() <= 128
+            && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a usable VMI uid: {uid:?}")));
+        }
+        Ok(StateDir { path: vms_dir(run_dir).join(uid) })
+    }
+
+    pub fn open(path: PathBuf) -> StateDir {
+        StateDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn record(&self) -> PathBuf {
+        self.path.join("vm.json")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.path.join("lock")
+    }
+    pub fn pid(&self) -> PathBuf {
+        self.path.join("pid")
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.path.join("control.sock")
+    }
+    pub fn serial_log(&self) -> PathBuf {
+        self.path.join("serial.log")
+    }
+    pub fn exit(&self) -> PathBuf {
+        self.path.join("exit.json")
+    }
+    pub fn vmm_log(&self) -> PathBuf {
+        self.path.join("vmm.log")
+    }
+    pub fn disks(&self) -> PathBuf {
+        self.path.join("disks")
+    }
+
+    pub fn read_record(&self) -> io::Result<VmRecord> {
+        let bytes = std::fs::read(self.record())?;
+        serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    pub fn write_record(&self, record: &VmRecord) -> io::Result<()> {
+        write_atomically(&self.record(), &serde_json::to_vec_pretty(record)?)
+    }
+
+    /// The exit a VM process recorded, if it got that far.
+    pub fn read_exit(&self) -> Option<VmExit> {
+        serde_json::from_slice(&std::fs::read(self.exit()).ok()?).ok()
+    }
+
+    pub fn write_exit(&self, exit: &VmExit) -> io::Result<()> {
+        write_atomically(&self.exit(), &serde_json::to_vec(exit)?)
+    }
+
+    pub fn read_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.pid()).ok()?.trim().parse().ok()
+    }
+
+    /// True while a VM process holds the lock: it is alive (a crashed or
+    /// killed process drops it with its last file descriptor).
+    pub fn is_locked(&self) -> bool {
+        let Ok(file) = File::open(self.lock()) else { return false };
+        matches!(Flock::lock(file, FlockArg::LockExclusiveNonblock), Err((_, Errno::EWOULDBLOCK)))
+    }
+
+    /// Takes the VM process's lock for the life of the returned file, or
+    /// fails if another process has it.
+    pub fn take_lock(&self) -> io::Result<Flock<File>> {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(self.lock())?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(lock),
+            Err((_, Errno::EWOULDBLOCK)) => {
+                Err(io::Error::new(io::ErrorKind::WouldBlock, "another VM process runs this VMI"))
+            }
+            Err((_, errno)) => Err(errno.into()),
+        }
+    }
+
+    /// Removes the directory and everything in it.
+    pub fn remove(&self) -> io::Result<()> {
+        match std::fs::remove_dir_all(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `RUN_DIR/vms`, where every VM's state directory lives.
+pub fn vms_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("vms")
+}
+
+/// Every state directory under `run_dir` (in no particular order).
+pub fn list(run_dir: &Path) -> Vec<StateDir> {
+    let Ok(entries) = std::fs::read_dir(vms_dir(run_dir)) else { return Vec::new() };
+    entries.flatten().filter(|e| e.path().is_dir()).map(|e| StateDir::open(e.path())).collect()
+}
+
+/// Writes `path` through a temporary file and a rename, so a reader sees the
+/// old contents or the new ones, never half.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_must_be_plain_names() {
+        let run = Path::new("/run/kvmlet");
+        assert_eq!(StateDir::new(run, "4f1c-9a").unwrap().path(), Path::new("/run/kvmlet/vms/4f1c-9a"));
+        for bad in ["", "..", "a/b", "../../etc", "a b"] {
+            assert!(StateDir::new(run, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_released_on_drop() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(run.path(), "u1").unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        assert!(!dir.is_locked());
+        let held = dir.take_lock().unwrap();
+        assert!(dir.is_locked());
+        assert_eq!(dir.take_lock().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop(held);
+        assert!(!dir.is_locked());
+        assert_eq!(list(run.path()).len(), 1);
+    }
+}

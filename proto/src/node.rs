@@ -1,0 +1,128 @@
+//! Node-local messages: the per-VM control socket between the node agent and
+//! a VM process, and the agent's debugging socket (`/run/kvmlet/kvmlet.sock`).
+//! Both are newline-delimited / HTTP JSON with these types, so `curl
+//! --unix-socket` and `socat` can speak them too.
+
+use serde::{Deserialize, Serialize};
+
+/// A request on a VM process's control socket (one JSON object per line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", deny_unknown_fields)]
+pub enum ControlRequest {
+    /// Answer with the current [`VmProcessStatus`].
+    Status,
+    /// Answer with the current status, then again on every change until the
+    /// process exits (the connection then closes).
+    Watch,
+    /// Press the ACPI power button.
+    PowerButton,
+    /// Stop the guest at once.
+    Kill,
+    /// Bytes typed on the serial console (base64, at most 4 KiB decoded).
+    ConsoleInput { data: String },
+}
+
+/// Where a VM process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmProcessState {
+    /// Building the VM (guest memory, devices, firmware).
+    Starting,
+    /// vCPUs run the guest.
+    Running,
+    /// The guest stopped for good; `exit` says why.
+    Exited,
+}
+
+/// How a guest's run ended, as a VM process reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmExitKind {
+    /// The guest powered off by itself (ACPI S5).
+    PowerOff,
+    /// A vCPU triple-faulted.
+    TripleFault,
+    /// Killed through the control socket.
+    Killed,
+    /// The VM could not be built or the VMM hit an error.
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmExit {
+    pub kind: VmExitKind,
+    /// Human-readable detail ("the guest powered off", "VMM error: ...").
+    pub message: String,
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+}
+
+/// A VM process's answer on its control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmProcessStatus {
+    pub pid: u32,
+    pub state: VmProcessState,
+    /// Guest boots so far in this process (a guest reboot adds one).
+    pub boots: u32,
+    /// Unix time in milliseconds at which the current boot started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<VmExit>,
+    /// Set on an answer to a request that failed (e.g. bad console input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One VM on this node, as `GET /v1/vms` on the debugging socket lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmSummary {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The VM process, while it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The VMI phase the agent last reported for it.
+    pub phase: String,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    /// Seconds since the current guest boot started, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_seconds: Option<u64>,
+    pub boots: u32,
+    /// How the last run ended, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<VmExit>,
+}
+
+/// `GET /v1/namespaces/{ns}/vms/{name}`: the summary and the VM's config
+/// (a `vmm::VmConfig` as JSON; proto does not know the VMM's types).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmDetail {
+    #[serde(flatten)]
+    pub summary: VmSummary,
+    pub config: serde_json::Value,
+}
+
+/// An error from the debugging socket (non-2xx answers carry one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSocketError {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_requests_are_tagged_by_op() {
+        let request: ControlRequest = serde_json::from_str(r#"{"op":"consoleInput","data":"aGk="}"#).unwrap();
+        assert_eq!(request, ControlRequest::ConsoleInput { data: "aGk=".into() });
+        assert_eq!(serde_json::to_string(&ControlRequest::PowerButton).unwrap(), r#"{"op":"powerButton"}"#);
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"reformat"}"#).is_err());
+        assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"kill","now":true}"#).is_err());
+    }
+}

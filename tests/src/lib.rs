@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub mod linux;
+pub mod node;
 pub mod standalone;
 
 /// The workspace root (this crate lives in `tests/`).

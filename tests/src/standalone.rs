@@ -1,27 +1,35 @@
 //! A `kvmlet standalone` process for tests: started on a data directory,
-//! restartable on the same directory and address, killed on drop.
+//! restartable on the same directory and address, killed on drop together
+//! with the VM processes its node loop started.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::kvmlet_bin;
+use crate::{kvmlet_bin, probe};
+
+/// The node name standalone tests run their node loop as.
+pub const NODE_NAME: &str = "test-node";
 
 pub struct Standalone {
     child: Child,
     dir: tempfile::TempDir,
     address: SocketAddr,
+    args: Vec<OsString>,
 }
 
-fn spawn(dir: &Path, listen: &str) -> Child {
+fn spawn(dir: &Path, listen: &str, args: &[OsString]) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("kvmlet.log")).expect("log file");
     Command::new(kvmlet_bin())
         .arg("standalone")
         .arg("--data-dir")
         .arg(dir)
         .args(["--listen", listen])
+        .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start kvmlet standalone")
 }
@@ -44,15 +52,86 @@ fn wait_ready(kubeconfig: &Path) -> SocketAddr {
 }
 
 impl Standalone {
+    /// The API alone (no node loop): nothing runs the VMIs created in it.
     pub fn start() -> Standalone {
+        Standalone::start_with(vec!["--no-node".into()])
+    }
+
+    /// The API and the node loop, as a user runs it: node `test-node`, run
+    /// directory `DIR/run`, images under `DIR/images`, the probe guest as
+    /// the node's default kernel. `extra` flags come last.
+    pub fn with_node(extra: &[&str]) -> Standalone {
+        let mut args: Vec<OsString> = vec![
+            "--node-name".into(),
+            NODE_NAME.into(),
+            "--default-kernel".into(),
+            probe().bzimage.clone().into(),
+            "--heartbeat-interval".into(),
+            "1".into(),
+        ];
+        args.extend(extra.iter().map(OsString::from));
+        Standalone::start_with(args)
+    }
+
+    /// `kvmlet standalone --data-dir DIR --listen 127.0.0.1:0 ARGS`, with
+    /// `--run-dir DIR/run` and `--image-dir DIR/images` unless ARGS has them.
+    pub fn start_with(mut args: Vec<OsString>) -> Standalone {
         let dir = tempfile::tempdir().unwrap();
-        let child = spawn(dir.path(), "127.0.0.1:0");
+        if !args.iter().any(|a| a == "--no-node") {
+            for (flag, sub) in [("--run-dir", "run"), ("--image-dir", "images")] {
+                if !args.iter().any(|a| a == flag) {
+                    args.extend([flag.into(), dir.path().join(sub).into()]);
+                }
+            }
+        }
+        let child = spawn(dir.path(), "127.0.0.1:0", &args);
         let address = wait_ready(&dir.path().join("kubeconfig"));
-        Standalone { child, dir, address }
+        Standalone { child, dir, address, args }
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The node loop's run directory (VM state directories, kvmlet.sock).
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// The node's container image directory.
+    pub fn image_dir(&self) -> PathBuf {
+        self.dir.path().join("images")
+    }
+
+    /// What the server logged so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kvmlet.log")).unwrap_or_default()
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A kube client for this server, from its kubeconfig.
+    pub async fn client(&self) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// `kvmlet ARGS` with this server's kubeconfig and run directory in its environment.
+    pub fn kvmlet(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(kvmlet_bin());
+        command.args(args).env("KUBECONFIG", self.kubeconfig()).env("KVMLET_RUN_DIR", self.run_dir());
+        command
     }
 
     /// Kills the server (SIGKILL) and starts it again on the same data and address.
@@ -60,7 +139,7 @@ impl Standalone {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(self.kubeconfig());
-        self.child = spawn(self.dir.path(), &self.address.to_string());
+        self.child = spawn(self.dir.path(), &self.address.to_string(), &self.args);
         wait_ready(&self.kubeconfig());
     }
 }
@@ -69,5 +148,17 @@ impl Drop for Standalone {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        kill_vm_processes(&self.run_dir());
+    }
+}
+
+/// SIGKILLs every VM process with a state directory under `run_dir`.
+pub fn kill_vm_processes(run_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(run_dir.join("vms")) else { return };
+    for entry in entries.flatten() {
+        let pid = std::fs::read_to_string(entry.path().join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }

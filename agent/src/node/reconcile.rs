@@ -62,7 +62,7 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<NodeContext>) 
             // Running, yet no state directory here: the node lost the VM
             // (state wiped while the agent was away). Never start a second one.
             let exit = lost();
-            finish(&vmi, phase, &exit, false, &ctx).await?;
+            finish(&vmi, phase, &exit, None, &ctx).await?;
             Ok(Action::await_change())
         }
         None => start(&vmi, &uid, &ctx).await,
@@ -168,7 +168,7 @@ async fn sync(
         }
         Process::Exited(exit) => {
             let exit = exit.clone().unwrap_or_else(|| crashed(&entry));
-            finish(vmi, phase, &exit, false, ctx).await?;
+            finish(vmi, phase, &exit, None, ctx).await?;
             cleanup(ctx, &entry);
             ctx.reporter.remove_finalizer(vmi).await?;
             Ok(Action::await_change())
@@ -192,7 +192,7 @@ async fn finish(
     vmi: &VirtualMachineInstance,
     phase: Phase,
     exit: &VmExit,
-    killed_at_grace_end: bool,
+    killed_after_grace: Option<Duration>,
     ctx: &NodeContext,
 ) -> Result<(), NodeError> {
     if phase.is_final() {
@@ -200,15 +200,17 @@ async fn finish(
     }
     let (final_phase, reason) = match exit.kind {
         VmExitKind::PowerOff => (Phase::Succeeded, "GuestPoweredOff"),
-        VmExitKind::Killed if killed_at_grace_end => (Phase::Failed, "GracePeriodExpired"),
+        VmExitKind::Killed if killed_after_grace.is_some() => (Phase::Failed, "GracePeriodExpired"),
         VmExitKind::Killed => (Phase::Failed, "Killed"),
         VmExitKind::TripleFault => (Phase::Failed, "GuestCrashed"),
         VmExitKind::Error => (Phase::Failed, "VMProcessFailed"),
     };
-    let message = if killed_at_grace_end {
-        "the guest did not power off within its grace period and was killed".to_string()
-    } else {
-        exit.message.clone()
+    let message = match killed_after_grace {
+        Some(grace) if grace.is_zero() => "grace period 0: the VM was killed".to_string(),
+        Some(grace) => {
+            format!("the guest did not power off within its {}s grace period and was killed", grace.as_secs())
+        }
+        None => exit.message.clone(),
     };
     let change =
         PhaseChange { phase: final_phase, reason: Some(reason.into()), message: Some(message.clone()), ready: false };
@@ -232,15 +234,15 @@ async fn shut_down(
 ) -> Result<Action, NodeError> {
     let Some(entry) = entry else {
         if !phase.is_final() && phase != Phase::Pending && phase != Phase::Scheduled {
-            finish(vmi, phase, &lost(), false, ctx).await?;
+            finish(vmi, phase, &lost(), None, ctx).await?;
         }
         ctx.reporter.remove_finalizer(vmi).await?;
         return Ok(Action::await_change());
     };
     if let Process::Exited(exit) = &entry.process {
         let exit = exit.clone().unwrap_or_else(|| crashed(&entry));
-        let killed = entry.shutdown.as_ref().is_some_and(|s| s.killed);
-        finish(vmi, phase, &exit, killed, ctx).await?;
+        let killed_after = entry.shutdown.as_ref().filter(|s| s.killed).map(|s| s.grace);
+        finish(vmi, phase, &exit, killed_after, ctx).await?;
         cleanup(ctx, &entry);
         ctx.reporter.remove_finalizer(vmi).await?;
         return Ok(Action::await_change());

@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod cli;
+pub mod controller;
 pub mod node;
 pub mod nodesock;
 pub mod vmprocess;

@@ -104,13 +104,7 @@ fn conditions(inputs: &Inputs, old: &[Condition]) -> Vec<Condition> {
     let now = &inputs.now;
     let mut out = Vec::new();
     match inputs.vmi {
-        None => out.push(new_condition(
-            "Ready",
-            "False",
-            Some("VMINotExists"),
-            Some("VMI does not exist".into()),
-            now,
-        )),
+        None => out.push(new_condition("Ready", "False", Some("VMINotExists"), Some("VMI does not exist".into()), now)),
         Some(vmi) => {
             match condition(vmi, "Ready") {
                 Some(ready) => out.push(ready.clone()),
@@ -203,7 +197,8 @@ mod tests {
         let vm = VirtualMachine::new("vm", VirtualMachineSpec::default());
         assert_eq!(printable(&inputs(&vm, None)), "Stopped");
         assert_eq!(printable(&Inputs { create_pending: true, ..inputs(&vm, None) }), "Starting");
-        let failure = StartFailure { consecutive_fail_count: 2, last_failed_vmi_uid: None, retry_after_timestamp: None };
+        let failure =
+            StartFailure { consecutive_fail_count: 2, last_failed_vmi_uid: None, retry_after_timestamp: None };
         let crashing = Inputs { start_failure: Some(failure.clone()), ..inputs(&vm, None) };
         assert_eq!(printable(&crashing), "CrashLoopBackOff");
         let manual = Inputs { strategy: RunStrategy::Manual, start_failure: Some(failure), ..inputs(&vm, None) };
@@ -231,7 +226,8 @@ mod tests {
         assert!(!status.created && !status.ready && status.run_strategy.is_none());
         assert_eq!(status.conditions[0].reason.as_deref(), Some("VMINotExists"));
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let mut running = vmi(VirtualMachineInstancePhase::Running, vec![new_condition("Ready", "True", None, None, &now)]);
+        let mut running =
+            vmi(VirtualMachineInstancePhase::Running, vec![new_condition("Ready", "True", None, None, &now)]);
         let status = compute(&inputs(&vm, Some(&running)));
         assert!(status.created && status.ready);
         assert_eq!(status.run_strategy, Some(RunStrategy::Always));

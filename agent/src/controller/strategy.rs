@@ -179,9 +179,8 @@ mod tests {
     #[test]
     fn a_vmi_being_deleted_is_waited_for() {
         let mut going = vmi("a", Running);
-        going.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::now(),
-        ));
+        going.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
         for strategy in RunStrategy::ALL {
             assert_eq!(decide(strategy, Some(&going), &[start()], None), Decision::Nothing, "{strategy:?}");
         }

@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand.
 
 mod agent;
+mod controller;
 mod debug;
 mod firmware_dump;
 mod nocloud;
@@ -9,6 +10,7 @@ mod run;
 mod standalone;
 mod systemd;
 mod vm_args;
+mod vm_commands;
 mod vm_process;
 
 use std::process::ExitCode;
@@ -49,6 +51,12 @@ pub enum Command {
     Inspect(debug::VmiArgs),
     /// Attach to a VM's serial console (Ctrl-] detaches).
     Console(debug::VmiArgs),
+    /// Start a VirtualMachine (as virtctl start).
+    Start(vm_commands::StartArgs),
+    /// Stop a VirtualMachine (as virtctl stop).
+    Stop(vm_commands::StopArgs),
+    /// Restart a VirtualMachine's instance (as virtctl restart).
+    Restart(vm_commands::RestartArgs),
     /// Run one VM for the node agent (started by the agent, not by hand).
     #[command(hide = true)]
     VmProcess(vm_process::VmProcessArgs),
@@ -65,6 +73,9 @@ impl Command {
             Command::Ps(args) => debug::ps(args).map(|()| ExitCode::SUCCESS),
             Command::Inspect(args) => debug::inspect(args).map(|()| ExitCode::SUCCESS),
             Command::Console(args) => debug::console(args).map(|()| ExitCode::SUCCESS),
+            Command::Start(args) => vm_commands::start_main(args).map(|()| ExitCode::SUCCESS),
+            Command::Stop(args) => vm_commands::stop_main(args).map(|()| ExitCode::SUCCESS),
+            Command::Restart(args) => vm_commands::restart_main(args).map(|()| ExitCode::SUCCESS),
             Command::VmProcess(args) => vm_process::main(args),
         }
     }

@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
+use super::controller::ControllerArgs;
 use super::node_args::NodeArgs;
 use crate::apiserver::embedded::EmbeddedApi;
 use crate::apiserver::{server, tls};
+use crate::controller;
 use crate::node::{assign, NodeLoop};
 use crate::nodesock;
 
@@ -24,6 +26,14 @@ pub struct StandaloneArgs {
     /// Serve the API only: no node loop runs VMs here (agents elsewhere may).
     #[arg(long)]
     pub no_node: bool,
+    /// Do not run the VM controller here (`kvmlet controller` replicas run it).
+    #[arg(long, conflicts_with = "controller")]
+    pub no_controller: bool,
+    /// Run the VM controller even with --no-node (by default it runs with the node loop).
+    #[arg(long)]
+    pub controller: bool,
+    #[command(flatten)]
+    pub controller_args: ControllerArgs,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -37,6 +47,11 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
         let api = EmbeddedApi::open(&args.data_dir)?;
         // The loops next to the API use an in-process kube::Client through
         // the same handlers kubectl reaches.
+        // The controller runs by default when VMs run here too; an API-only
+        // server (--no-node) is a cluster's API, whose controller may run elsewhere.
+        if !args.no_controller && (args.controller || !args.no_node) {
+            tokio::spawn(controller::run(api.client(), args.controller_args.config(), std::future::pending()));
+        }
         if let Some(config) = node_config {
             let node = NodeLoop::new(api.client(), config.clone())
                 .with_context(|| format!("--run-dir {}", config.run_dir.display()))?;

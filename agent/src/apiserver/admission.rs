@@ -12,6 +12,25 @@ fn invalid(resource: &Resource, name: &str, field: &str, message: &str) -> ApiEr
     error
 }
 
+/// Defaults applied before an object is checked and stored, as the real API
+/// server does them: a Secret's write-only `stringData` is folded into
+/// `data` (base64), its keys winning over `data`'s.
+pub fn mutate(resource: &Resource, object: &mut Value) {
+    use base64::Engine;
+    if resource.kind != "Secret" {
+        return;
+    }
+    let Some(map) = object.as_object_mut() else { return };
+    let Some(Value::Object(strings)) = map.remove("stringData") else { return };
+    let data = map.entry("data").or_insert_with(|| Value::Object(Default::default()));
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in strings {
+            let text = value.as_str().unwrap_or_default();
+            data.insert(key, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
+        }
+    }
+}
+
 /// Checks an object about to be stored; `Err` is the 422 to return.
 pub fn check(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
     match resource.kind {
@@ -72,5 +91,26 @@ mod tests {
         assert!(error.message.contains("Invalid RunStrategy"), "{}", error.message);
         let malformed = check(resource, "a", &vm(json!({"running": "yes", "template": template()})));
         assert_eq!(malformed.unwrap_err().code.as_u16(), 422);
+    }
+}
+
+#[cfg(test)]
+mod mutate_tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::apiserver::resources::RESOURCES;
+
+    #[test]
+    fn secret_string_data_is_folded_into_data() {
+        let secret = RESOURCES.iter().find(|r| r.kind == "Secret").unwrap();
+        let mut object =
+            json!({"data": {"a": "b2xk", "keep": "eA=="}, "stringData": {"a": "new", "userdata": "#!/bin/sh"}});
+        mutate(secret, &mut object);
+        assert_eq!(object, json!({"data": {"a": "bmV3", "keep": "eA==", "userdata": "IyEvYmluL3No"}}));
+        let vm = RESOURCES.iter().find(|r| r.kind == "VirtualMachine").unwrap();
+        let mut other = json!({"stringData": {"a": "b"}});
+        mutate(vm, &mut other);
+        assert_eq!(other, json!({"stringData": {"a": "b"}}), "only Secrets have stringData");
     }
 }

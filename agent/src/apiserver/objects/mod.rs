@@ -227,6 +227,7 @@ fn create(store: &Store, target: &Target, mut object: Value, strict: bool) -> Re
         // Status is written by controllers through /status, never on create.
         object.as_object_mut().expect("an object").remove("status");
     }
+    admission::mutate(resource, &mut object);
     admission::check(resource, &name, &object)?;
     let stored =
         store.create(&target.key(&name), object).map_err(|e| ApiError::from_store(e, &target.what(), &name))?;
@@ -280,6 +281,7 @@ fn update(
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
         new["metadata"]["generation"] = json!(generation);
     }
+    admission::mutate(resource, &mut new);
     admission::check(resource, name, &new)?;
     // An object being deleted goes away once its last finalizer is removed.
     let finalizers_empty = new["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);

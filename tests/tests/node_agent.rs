@@ -238,3 +238,30 @@ async fn twenty_vmis_started_at_once_all_run() {
         wait_gone(&vmis, &server, name).await;
     }
 }
+
+#[tokio::test]
+async fn a_guest_reboot_restarts_the_guest_in_the_same_vm_process() {
+    let server = Standalone::with_node(&[]);
+    let client = server.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    // The probe reboots right after its report, every boot.
+    create(&vmis, &probe_vmi("rebooter", "probe.action=reboot", 0)).await;
+    let running = wait_for_phase(&vmis, &server, "rebooter", Phase::Running).await;
+    let pid = ps_entry(&server, "rebooter").unwrap()["pid"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ps_entry(&server, "rebooter").unwrap()["boots"].as_u64().unwrap() < 3 {
+        assert!(std::time::Instant::now() < deadline, "the guest did not boot three times: {:?}", ps(&server));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let entry = ps_entry(&server, "rebooter").unwrap();
+    assert_eq!(entry["pid"].as_i64(), Some(pid), "same VM process");
+    let now = vmis.get("rebooter").await.unwrap();
+    assert_eq!(phase(&now), Some(Phase::Running));
+    assert_eq!(
+        now.status.unwrap().phase_transition_timestamps.len(),
+        running.status.unwrap().phase_transition_timestamps.len(),
+        "reboots do not change the phase"
+    );
+    vmis.delete("rebooter", &DeleteParams::default()).await.unwrap();
+    wait_gone(&vmis, &server, "rebooter").await;
+}

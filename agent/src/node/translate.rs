@@ -437,3 +437,7 @@ fn only_disk_file(dir: &Path) -> Result<PathBuf, String> {
         _ => Err(format!("{} holds {} files; set containerDisk.path", dir.display(), files.len())),
     }
 }
+
+#[cfg(test)]
+#[path = "translate_tests.rs"]
+mod tests;

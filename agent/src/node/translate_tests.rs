@@ -1,0 +1,238 @@
+use serde_json::json;
+
+use super::*;
+
+fn vmi(spec: serde_json::Value) -> VirtualMachineInstance {
+    serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": "vm1.example", "namespace": "ns", "uid": "0b9f7c1e-2f4a-4e5b-9a6c-7d8e9f0a1b2c"},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn node() -> NodeDefaults {
+    NodeDefaults {
+        kernel: Some("/boot/vmlinuz".into()),
+        initrd: None,
+        cmdline: "console=ttyS0".into(),
+        image_dir: "/nonexistent".into(),
+    }
+}
+
+fn minimal() -> serde_json::Value {
+    json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {}}})
+}
+
+fn plan(spec: serde_json::Value) -> Result<VmPlan, SpecError> {
+    translate(&vmi(spec), &node(), &Secrets::new(), Path::new("/run/kvmlet/vms/u/disks"))
+}
+
+fn error(spec: serde_json::Value) -> String {
+    plan(spec).unwrap_err().to_string()
+}
+
+#[test]
+fn a_minimal_vmi_gets_the_node_kernel_and_its_uid_as_firmware_uuid() {
+    let plan = plan(minimal()).unwrap();
+    assert_eq!(plan.config.vcpus, 1);
+    assert_eq!(plan.config.memory_mib, 62, "64M rounded up to whole MiB");
+    assert_eq!(plan.config.kernel, Path::new("/boot/vmlinuz"));
+    assert_eq!(plan.config.cmdline, "console=ttyS0");
+    assert_eq!(plan.config.uuid.unwrap().to_string(), "0b9f7c1e-2f4a-4e5b-9a6c-7d8e9f0a1b2c");
+    assert!(plan.files.is_empty() && plan.config.disks.is_empty());
+}
+
+#[test]
+fn cpu_memory_and_firmware_come_from_the_spec() {
+    let full = plan(json!({"domain": {
+        "cpu": {"cores": 2, "sockets": 2, "threads": 1},
+        "memory": {"guest": "1Gi"},
+        "resources": {"requests": {"memory": "64M", "cpu": "500m"}},
+        "firmware": {"uuid": "5d1c1b34-7f0e-4a5e-9c61-4a2f3b9e8d10", "serial": "s1", "kernelBoot": {"kernelArgs": "quiet"}},
+        "devices": {},
+    }}))
+    .unwrap();
+    assert_eq!(full.config.vcpus, 4);
+    assert_eq!(full.config.memory_mib, 1024, "domain.memory.guest wins over the request");
+    assert_eq!(full.config.uuid.unwrap().to_string(), "5d1c1b34-7f0e-4a5e-9c61-4a2f3b9e8d10");
+    assert_eq!(full.config.serial.as_deref(), Some("s1"));
+    assert_eq!(full.config.cmdline, "quiet");
+    let by_request =
+        plan(json!({"domain": {"resources": {"requests": {"memory": "64Mi", "cpu": "1500m"}}, "devices": {}}}));
+    assert_eq!(by_request.unwrap().config.vcpus, 2);
+}
+
+#[test]
+fn each_unsupported_field_is_named() {
+    let cases = [
+        (json!({"domain": {"devices": {}}}), "spec.domain.resources.requests.memory: the VMI sets no memory"),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "lots"}}, "devices": {}}}),
+            "spec.domain.resources.requests.memory: \"lots\"",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}, "limits": {"memory": "64M"}}, "devices": {}}}),
+            "spec.domain.resources.limits:",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M", "nvidia.com/gpu": "1"}}, "devices": {}}}),
+            "spec.domain.resources.requests.nvidia.com/gpu: not supported",
+        ),
+        (
+            json!({"domain": {"cpu": {"cores": 64}, "resources": {"requests": {"memory": "64M"}}, "devices": {}}}),
+            "spec.domain.cpu: 64 vCPUs",
+        ),
+        (
+            json!({"domain": {"cpu": {"model": "Haswell"}, "resources": {"requests": {"memory": "64M"}}, "devices": {}}}),
+            "spec.domain.cpu.model: \"Haswell\"",
+        ),
+        (
+            json!({"domain": {"machine": {"type": "q35"}, "resources": {"requests": {"memory": "64M"}}, "devices": {}}}),
+            "spec.domain.machine.type: \"q35\"",
+        ),
+        (
+            json!({"domain": {"firmware": {"uuid": "not-a-uuid"}, "resources": {"requests": {"memory": "64M"}}, "devices": {}}}),
+            "spec.domain.firmware.uuid: \"not-a-uuid\"",
+        ),
+        (
+            json!({"networks": [{"name": "default", "pod": {}}], "domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {}}}),
+            "spec.networks:",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "d", "cdrom": {"bus": "sata"}}]}}, "volumes": [{"name": "d", "emptyDisk": {"capacity": "1Mi"}}]}),
+            "spec.domain.devices.disks[0].cdrom:",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "d", "bootOrder": 1}]}}, "volumes": [{"name": "d", "emptyDisk": {"capacity": "1Mi"}}]}),
+            "spec.domain.devices.disks[0].bootOrder:",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "d"}]}}}),
+            "spec.domain.devices.disks[0].name: no volume named \"d\"",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {}}, "volumes": [{"name": "v", "emptyDisk": {"capacity": "1Mi"}}]}),
+            "spec.volumes[0]: volume \"v\" is not used by any disk",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v"}]}),
+            "spec.volumes[0]: no volume source kvmlet supports",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v", "hostDisk": {"path": "rel.img", "type": "Disk"}}]}),
+            "spec.volumes[0].hostDisk.path: \"rel.img\" is not an absolute path",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v", "hostDisk": {"path": "/x.img", "type": "DiskOrCreate"}}]}),
+            "spec.volumes[0].hostDisk.capacity: required",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v", "containerDisk": {"image": "a/b", "imagePullPolicy": "Always"}}]}),
+            "spec.volumes[0].containerDisk.imagePullPolicy: \"Always\"",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v", "containerDisk": {"image": "../../etc"}}]}),
+            "spec.volumes[0].containerDisk.image: \"../../etc\" is not an image reference",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v", "cloudInitNoCloud": {"secretRef": {"name": "missing"}}}]}),
+            "spec.volumes[0].cloudInitNoCloud.secretRef: secret \"missing\" not found",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v", "cloudInitNoCloud": {}}]}),
+            "spec.volumes[0]: cloudInitNoCloud: exactly one of userData",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let message = error(spec.clone());
+        assert!(message.starts_with(expected), "{spec}\n  gave: {message}\n  want: {expected}");
+    }
+}
+
+#[test]
+fn no_kernel_anywhere_is_an_error() {
+    let vmi = vmi(minimal());
+    let node = NodeDefaults { kernel: None, ..node() };
+    let e = translate(&vmi, &node, &Secrets::new(), Path::new("/d")).unwrap_err();
+    assert_eq!(e.field, "spec.domain.firmware.kernelBoot");
+    assert!(e.message.contains("--default-kernel"));
+}
+
+#[test]
+fn disks_follow_the_disk_order_with_their_files() {
+    let images = tempfile::tempdir().unwrap();
+    let disk_dir = images.path().join("quay.io/demo/root:latest/disk");
+    std::fs::create_dir_all(&disk_dir).unwrap();
+    std::fs::write(disk_dir.join("root.raw"), b"").unwrap();
+    std::fs::create_dir_all(images.path().join("quay.io/demo/kernel:v2/boot")).unwrap();
+    let spec = json!({
+        "hostname": "custom-host",
+        "domain": {
+            "resources": {"requests": {"memory": "64M"}},
+            "firmware": {"kernelBoot": {"container": {"image": "quay.io/demo/kernel:v2", "kernelPath": "/boot/vmlinuz", "initrdPath": "/boot/initrd"}}},
+            "devices": {"disks": [
+                {"name": "cloud", "disk": {"bus": "virtio"}},
+                {"name": "root", "serial": "r0"},
+                {"name": "scratch", "disk": {"readOnly": true}},
+            ]},
+        },
+        "volumes": [
+            {"name": "root", "containerDisk": {"image": "quay.io/demo/root"}},
+            {"name": "scratch", "emptyDisk": {"capacity": "1000"}},
+            {"name": "cloud", "cloudInitNoCloud": {"secretRef": {"name": "ud"}, "networkData": "version: 2\n"}},
+        ],
+    });
+    let secrets =
+        Secrets::from([("ud".to_string(), BTreeMap::from([("userData".to_string(), b"#cloud-config\n".to_vec())]))]);
+    let node = NodeDefaults { image_dir: images.path().to_path_buf(), ..node() };
+    let plan = translate(&vmi(spec), &node, &secrets, Path::new("/d")).unwrap();
+    let kernel_root = images.path().join("quay.io/demo/kernel:v2");
+    assert_eq!(plan.config.kernel, kernel_root.join("boot/vmlinuz"));
+    assert_eq!(plan.config.initrd, Some(kernel_root.join("boot/initrd")));
+    let disks: Vec<(&str, bool, Option<&str>)> =
+        plan.config.disks.iter().map(|d| (d.path.to_str().unwrap(), d.readonly, d.serial.as_deref())).collect();
+    assert_eq!(
+        disks,
+        [("/d/cloud.img", true, None), ("/d/root.img", false, Some("r0")), ("/d/scratch.img", true, None)]
+    );
+    let seed = NoCloudSeed::new(
+        "0b9f7c1e-2f4a-4e5b-9a6c-7d8e9f0a1b2c",
+        Some("custom-host"),
+        b"#cloud-config\n".to_vec(),
+        Some(b"version: 2\n".to_vec()),
+    );
+    assert_eq!(
+        plan.files,
+        [
+            DiskFile::Seed { path: "/d/cloud.img".into(), seed },
+            DiskFile::Copy { from: disk_dir.join("root.raw"), to: "/d/root.img".into() },
+            DiskFile::Sparse { path: "/d/scratch.img".into(), bytes: 1024, keep_existing: false },
+        ]
+    );
+}
+
+#[test]
+fn config_errors_map_back_to_vmi_fields() {
+    let spec = json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "a"}, {"name": "b"}]}},
+        "volumes": [{"name": "b", "emptyDisk": {"capacity": "1Mi"}}, {"name": "a", "emptyDisk": {"capacity": "1Mi"}}]});
+    let plan = plan(spec).unwrap();
+    let unreadable =
+        ConfigError::DiskUnreadable { index: 0, path: "/d/a.img".into(), source: std::io::ErrorKind::NotFound.into() };
+    assert_eq!(plan.spec_error(&unreadable).field, "spec.volumes[1]", "disk 0 is volume 1");
+    assert_eq!(plan.spec_error(&ConfigError::Serial("too long".into())).field, "spec.domain.firmware.serial");
+    let missing_kernel = plan.config.validate().unwrap_err();
+    assert_eq!(plan.spec_error(&missing_kernel).field, "spec.domain.firmware.kernelBoot", "{missing_kernel}");
+}
+
+#[test]
+fn image_references_get_a_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("busybox:latest")).unwrap();
+    std::fs::create_dir_all(dir.path().join("registry:5000/img@sha256:abc")).unwrap();
+    assert_eq!(image_root(dir.path(), "busybox").unwrap(), dir.path().join("busybox:latest"));
+    assert!(image_root(dir.path(), "registry:5000/img@sha256:abc").is_ok());
+    assert!(image_root(dir.path(), "registry:5000/img").unwrap_err().contains("not on this node"));
+    assert!(image_root(dir.path(), "/etc/passwd").is_err());
+}

@@ -1,0 +1,175 @@
+//! `kvmlet agent` against an API it does not run (cluster mode): the API is a
+//! `kvmlet standalone --no-node` reached over loopback TLS with a kubeconfig,
+//! as a DaemonSet or systemd unit reaches a real cluster.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::node::*;
+use e2e::standalone::{kill_vm_processes, Standalone};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use proto::kubevirt::{VirtualMachineInstance, VirtualMachineInstancePhase as Phase};
+use serde_json::json;
+
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    fn start(api: &Standalone, node: &str, run_dir: &Path) -> Agent {
+        let log = std::fs::File::create(run_dir.with_extension("log")).unwrap();
+        let child = Command::new(e2e::kvmlet_bin())
+            .arg("agent")
+            .arg("--kubeconfig")
+            .arg(api.kubeconfig())
+            .args(["--node-name", node, "--heartbeat-interval", "1"])
+            .arg("--run-dir")
+            .arg(run_dir)
+            .arg("--default-kernel")
+            .arg(&e2e::probe().bzimage)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Agent { child }
+    }
+
+    /// SIGTERM, as systemd or the kubelet stop it.
+    fn terminate(mut self) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the agent exits cleanly on SIGTERM: {status}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the cluster's scheduler does: status.nodeName, then the label.
+async fn assign(vmis: &Api<VirtualMachineInstance>, name: &str, node: &str) {
+    let status = json!({"status": {"nodeName": node, "phase": "Scheduled"}});
+    vmis.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let label = json!({"metadata": {"labels": {"kubevirt.io/nodeName": node}}});
+    vmis.patch(name, &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
+}
+
+async fn wait_node(nodes: &Api<Node>, name: &str, what: &str, ready: impl Fn(&Node) -> bool) -> Node {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(node) = nodes.get_opt(name).await.unwrap() {
+            if ready(&node) {
+                return node;
+            }
+        }
+        assert!(Instant::now() < deadline, "node {name} never became {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn label<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
+    node.metadata.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+fn heartbeat(node: &Node) -> Option<String> {
+    node.metadata.annotations.as_ref()?.get("kubevirt.io/heartbeat").cloned()
+}
+
+#[tokio::test]
+async fn agent_registers_its_node_runs_its_vmis_and_survives_a_restart() {
+    let api = Standalone::start();
+    let client = api.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    let dirs = tempfile::tempdir().unwrap();
+    let run_dir = dirs.path().join("n1");
+
+    let agent = Agent::start(&api, "n1", &run_dir);
+    let node = wait_node(&nodes, "n1", "schedulable", |n| label(n, "kubevirt.io/schedulable") == Some("true")).await;
+    let first_beat = heartbeat(&node).expect("a heartbeat annotation");
+    assert!(chrono_like(&first_beat), "RFC 3339: {first_beat}");
+    let capacity = node.status.unwrap().allocatable.unwrap();
+    assert!(capacity["kvmlet.io/vcpus"].0.parse::<u32>().unwrap() >= 1);
+    assert!(capacity["kvmlet.io/memory"].0.ends_with("Mi"));
+    // The heartbeat moves on.
+    wait_node(&nodes, "n1", "heartbeating", |n| heartbeat(n).is_some_and(|b| b != first_beat)).await;
+
+    // Only VMIs assigned to n1 run there.
+    create(&vmis, &probe_vmi("mine", "probe.action=wait", 0)).await;
+    create(&vmis, &probe_vmi("theirs", "probe.action=wait", 0)).await;
+    assign(&vmis, "mine", "n1").await;
+    assign(&vmis, "theirs", "n2").await;
+    wait_for_phase(&vmis, &api, "mine", Phase::Running).await;
+    let pid = std::fs::read_to_string(
+        run_dir.join("vms").join(vmis.get("mine").await.unwrap().metadata.uid.unwrap()).join("pid"),
+    )
+    .unwrap()
+    .trim()
+    .parse::<i32>()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(phase(&vmis.get("theirs").await.unwrap()), Some(Phase::Scheduled), "n2's VMI is not n1's business");
+
+    // A clean stop marks the node unschedulable and leaves the VM running.
+    agent.terminate();
+    let node = nodes.get("n1").await.unwrap();
+    assert_eq!(label(&node, "kubevirt.io/schedulable"), Some("false"));
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(), "the VM outlives the agent");
+    assert_eq!(phase(&vmis.get("mine").await.unwrap()), Some(Phase::Running));
+
+    // The next agent picks it up again and still manages it.
+    let _agent = Agent::start(&api, "n1", &run_dir);
+    wait_node(&nodes, "n1", "schedulable again", |n| label(n, "kubevirt.io/schedulable") == Some("true")).await;
+    vmis.delete("mine", &DeleteParams::default()).await.unwrap();
+    wait_gone(&vmis, &api, "mine").await;
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() || is_zombie(pid));
+    kill_vm_processes(&run_dir);
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+/// `2026-11-25T03:39:11Z` or with an offset.
+fn chrono_like(time: &str) -> bool {
+    let bytes = time.as_bytes();
+    time.len() >= 20 && bytes[4] == b'-' && bytes[10] == b'T' && (time.ends_with('Z') || time.contains('+'))
+}
+
+#[tokio::test]
+async fn the_api_going_away_does_not_stop_vms_and_the_agent_catches_up() {
+    let mut api = Standalone::start();
+    let dirs = tempfile::tempdir().unwrap();
+    let run_dir = dirs.path().join("n1");
+    let _agent = Agent::start(&api, "n1", &run_dir);
+    let client = api.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    create(&vmis, &probe_vmi("steady", "probe.action=wait", 0)).await;
+    assign(&vmis, "steady", "n1").await;
+    wait_for_phase(&vmis, &api, "steady", Phase::Running).await;
+    let vm_dirs = || std::fs::read_dir(run_dir.join("vms")).unwrap().count();
+    assert_eq!(vm_dirs(), 1);
+
+    api.restart(); // SIGKILL of the API server, then back on the same data and address
+    let client = api.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    // While the agent reconnects, its VM keeps running and is not duplicated.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(phase(&vmis.get("steady").await.unwrap()), Some(Phase::Running));
+    assert_eq!(vm_dirs(), 1, "one VM process per VMI UID");
+    // Changes made after the outage reach the agent.
+    create(&vmis, &probe_vmi("after", "probe.action=wait", 0)).await;
+    assign(&vmis, "after", "n1").await;
+    wait_for_phase(&vmis, &api, "after", Phase::Running).await;
+    vmis.delete("steady", &DeleteParams::default()).await.unwrap();
+    wait_gone(&vmis, &api, "steady").await;
+    vmis.delete("after", &DeleteParams::default()).await.unwrap();
+    wait_gone(&vmis, &api, "after").await;
+    kill_vm_processes(&run_dir);
+}

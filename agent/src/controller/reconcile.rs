@@ -78,7 +78,10 @@ async fn sync(vm: &VirtualMachine, ctx: &Context) -> Result<Action, ControllerEr
         return Ok(Action::await_change());
     }
     let old_status = vm.status.clone().unwrap_or_default();
-    if let Some(firmware) = identity::missing(vm, old_status.created || !matches!(instance, Instance::Absent)) {
+    // A VMI of this VM, or one orphaned by an earlier VM of this name, means
+    // guests already saw the name-derived identity.
+    let had_vmi = old_status.created || matches!(instance, Instance::Ours(_) | Instance::Orphan(_));
+    if let Some(firmware) = identity::missing(vm, had_vmi) {
         w.persist_firmware(vm, &firmware).await?;
         tracing::info!(uuid = ?firmware.uuid, "firmware identity persisted");
         return Ok(Action::await_change());
@@ -87,6 +90,14 @@ async fn sync(vm: &VirtualMachine, ctx: &Context) -> Result<Action, ControllerEr
         Instance::Absent => None,
         Instance::Ours(vmi) => Some(vmi),
         Instance::Orphan(vmi) if vmi.metadata.deletion_timestamp.is_none() => {
+            // The cached VM may predate an orphaning delete (which first
+            // strips the owner reference, then marks the VM): adopt only
+            // what a fresh read says is still a live VM of this UID.
+            let vms: Api<VirtualMachine> = Api::namespaced(w.client.clone(), &vm.namespace().unwrap_or_default());
+            let fresh = vms.get_opt(&vm.name_any()).await?;
+            if !fresh.is_some_and(|f| f.uid() == vm.uid() && f.metadata.deletion_timestamp.is_none()) {
+                return Ok(Action::await_change());
+            }
             w.adopt(vm, &vmi).await?;
             tracing::info!(vmi_uid = ?vmi.uid(), "adopted an orphan VMI");
             return Ok(Action::await_change());

@@ -265,3 +265,52 @@ async fn a_guest_reboot_restarts_the_guest_in_the_same_vm_process() {
     vmis.delete("rebooter", &DeleteParams::default()).await.unwrap();
     wait_gone(&vmis, &server, "rebooter").await;
 }
+
+#[tokio::test]
+async fn one_vm_process_per_vmi_and_hostile_control_requests_are_refused() {
+    use std::io::{BufRead, BufReader, Write};
+    let server = Standalone::with_node(&[]);
+    let client = server.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    let running = wait_for_phase_after_create(&vmis, &server, probe_vmi("single", "probe.action=wait", 0)).await;
+    let state_dir = server.run_dir().join("vms").join(running.metadata.uid.unwrap());
+
+    // A second VM process for the same state directory refuses to start.
+    let second = std::process::Command::new(e2e::kvmlet_bin())
+        .arg("vm-process")
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another VM process runs this VMI"));
+
+    // Garbage on the control socket gets an error answer; the VM is unaffected.
+    let mut control = std::os::unix::net::UnixStream::connect(state_dir.join("control.sock")).unwrap();
+    let mut answers = BufReader::new(control.try_clone().unwrap());
+    for request in ["not json", r#"{"op":"format-disk"}"#, r#"{"op":"consoleInput","data":"!!!"}"#] {
+        writeln!(control, "{request}").unwrap();
+        let mut line = String::new();
+        answers.read_line(&mut line).unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{request}: {line}");
+        assert_eq!(answer["state"], "Running");
+    }
+    control.write_all(&vec![b'x'; 64 * 1024]).unwrap();
+    let mut line = String::new();
+    answers.read_line(&mut line).unwrap();
+    assert!(line.contains("request longer than"), "{line}");
+    drop(control);
+    assert_eq!(phase(&vmis.get("single").await.unwrap()), Some(Phase::Running));
+    assert_eq!(ps(&server).len(), 1);
+}
+
+async fn wait_for_phase_after_create(
+    vmis: &Api<VirtualMachineInstance>,
+    server: &Standalone,
+    vmi: VirtualMachineInstance,
+) -> VirtualMachineInstance {
+    let name = vmi.metadata.name.clone().unwrap();
+    create(vmis, &vmi).await;
+    wait_for_phase(vmis, server, &name, Phase::Running).await
+}

@@ -19,6 +19,10 @@ struct Agent {
 
 impl Agent {
     fn start(api: &Standalone, node: &str, run_dir: &Path) -> Agent {
+        Agent::start_with(api, node, run_dir, &[])
+    }
+
+    fn start_with(api: &Standalone, node: &str, run_dir: &Path, extra: &[&str]) -> Agent {
         let log = std::fs::File::create(run_dir.with_extension("log")).unwrap();
         let child = Command::new(e2e::kvmlet_bin())
             .arg("agent")
@@ -29,6 +33,7 @@ impl Agent {
             .arg(run_dir)
             .arg("--default-kernel")
             .arg(&e2e::probe().bzimage)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -172,4 +177,77 @@ async fn the_api_going_away_does_not_stop_vms_and_the_agent_catches_up() {
     vmis.delete("after", &DeleteParams::default()).await.unwrap();
     wait_gone(&vmis, &api, "after").await;
     kill_vm_processes(&run_dir);
+}
+
+#[tokio::test]
+async fn vm_processes_whose_vmi_is_gone_are_stopped_and_cleaned_up() {
+    let api = Standalone::start();
+    let dirs = tempfile::tempdir().unwrap();
+    let run_dir = dirs.path().join("n1");
+    let agent = Agent::start(&api, "n1", &run_dir);
+    let client = api.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    create(&vmis, &probe_vmi("orphan", "probe.action=wait", 30)).await;
+    assign(&vmis, "orphan", "n1").await;
+    let running = wait_for_phase(&vmis, &api, "orphan", Phase::Running).await;
+    let state_dir = run_dir.join("vms").join(running.metadata.uid.unwrap());
+    let pid: i32 = std::fs::read_to_string(state_dir.join("pid")).unwrap().trim().parse().unwrap();
+
+    // While the agent is away, the VMI is removed behind its back.
+    agent.terminate();
+    let drop_finalizers = json!({"metadata": {"finalizers": null}});
+    vmis.patch("orphan", &PatchParams::default(), &Patch::Merge(&drop_finalizers)).await.unwrap();
+    vmis.delete("orphan", &DeleteParams::default()).await.unwrap();
+    wait_gone(&vmis, &api, "orphan").await;
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(), "still running without a VMI");
+
+    let _agent = Agent::start(&api, "n1", &run_dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state_dir.exists() {
+        let log = std::fs::read_to_string(run_dir.with_extension("log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "the orphaned VM was not cleaned up; agent log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() || is_zombie(pid));
+}
+
+/// A writable cgroup v1 `pids` hierarchy or cgroup v2 root, if this host has one.
+fn writable_cgroup_root() -> Option<std::path::PathBuf> {
+    ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"].into_iter().map(std::path::PathBuf::from).find(|root| {
+        let probe = root.join(format!("kvmlet-probe-{}", std::process::id()));
+        let ok = std::fs::create_dir(&probe).is_ok() && probe.join("cgroup.procs").exists();
+        let _ = std::fs::remove_dir(&probe);
+        ok
+    })
+}
+
+#[tokio::test]
+async fn vm_processes_move_into_the_cgroup_parent() {
+    let Some(root) = writable_cgroup_root() else {
+        eprintln!(
+            "SKIPPED: no writable cgroup hierarchy on this host (neither /sys/fs/cgroup/pids nor a cgroup v2 root)"
+        );
+        return;
+    };
+    let parent = root.join(format!("kvmlet-test-{}", std::process::id()));
+    let api = Standalone::start();
+    let dirs = tempfile::tempdir().unwrap();
+    let run_dir = dirs.path().join("n1");
+    let _agent = Agent::start_with(&api, "n1", &run_dir, &["--cgroup-parent", parent.to_str().unwrap()]);
+    let client = api.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    create(&vmis, &probe_vmi("grouped", "probe.action=wait", 0)).await;
+    assign(&vmis, "grouped", "n1").await;
+    let running = wait_for_phase(&vmis, &api, "grouped", Phase::Running).await;
+    let uid = running.metadata.uid.unwrap();
+    let pid = std::fs::read_to_string(run_dir.join("vms").join(&uid).join("pid")).unwrap();
+    let procs = std::fs::read_to_string(parent.join(&uid).join("cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), pid.trim(), "the VM process lives in PARENT/<uid>");
+    let own = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.trim())).unwrap();
+    assert!(own.contains(&format!("/kvmlet-test-{}/{uid}", std::process::id())), "{own}");
+
+    vmis.delete("grouped", &DeleteParams::default()).await.unwrap();
+    wait_gone(&vmis, &api, "grouped").await;
+    assert!(!parent.join(&uid).exists(), "the VM's cgroup is removed with it");
+    std::fs::remove_dir(&parent).unwrap();
 }

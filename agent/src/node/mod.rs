@@ -42,6 +42,9 @@ use vms::{Process, VmTable};
 
 use crate::vmprocess::client;
 
+/// How often VM processes are checked against the VMIs that exist.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
 /// How a node agent runs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -161,17 +164,27 @@ async fn heartbeats(ctx: Arc<NodeContext>) {
 
 /// VM processes whose VMI no longer exists are stopped and cleaned up
 /// (their VMI was removed behind the node's back, e.g. a forced finalizer
-/// removal, or while the agent was away).
+/// removal, or while the agent was away). A VM missing from the watch cache
+/// is only a candidate (the cache may not be filled yet): a GET decides.
+/// (`Store::wait_until_ready` is not used: kube-runtime 5 wakes only one of
+/// its waiters, and the controller itself waits on it.)
 async fn sweep_orphans(ctx: Arc<NodeContext>, store: Store<VirtualMachineInstance>) {
-    if store.wait_until_ready().await.is_err() {
-        return;
-    }
     loop {
+        tokio::time::sleep(SWEEP_INTERVAL).await;
         let known: Vec<String> = store.state().iter().filter_map(|vmi| vmi.uid()).collect();
-        let orphans: Vec<vms::VmEntry> =
+        let candidates: Vec<VmEntry> =
             ctx.vms.lock().values().filter(|e| !known.contains(&e.identity.uid)).cloned().collect();
-        for entry in orphans {
-            let VmEntry { identity, .. } = &entry;
+        for entry in candidates {
+            let identity = &entry.identity;
+            let api: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &identity.namespace);
+            match api.get_opt(&identity.name).await {
+                Ok(Some(vmi)) if vmi.uid().as_deref() == Some(identity.uid.as_str()) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot check for a VMI; sweeping later");
+                    continue;
+                }
+            }
             let span =
                 tracing::info_span!("vmi", namespace = %identity.namespace, name = %identity.name, uid = %identity.uid);
             let _enter = span.enter();
@@ -194,7 +207,6 @@ async fn sweep_orphans(ctx: Arc<NodeContext>, store: Store<VirtualMachineInstanc
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -32,8 +32,8 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Creates the Node if it does not exist, then marks it schedulable with a
-/// fresh heartbeat and publishes the capacity.
+/// Creates the Node if it does not exist, publishes the capacity, then marks
+/// it schedulable with a fresh heartbeat.
 pub async fn register(client: &Client, node_name: &str, capacity: Capacity) -> kube::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     if nodes.get_opt(node_name).await?.is_none() {
@@ -49,14 +49,14 @@ pub async fn register(client: &Client, node_name: &str, capacity: Capacity) -> k
             Err(e) => return Err(e),
         }
     }
-    heartbeat(client, node_name, true).await?;
     let quantities = BTreeMap::from([
         (VCPUS_RESOURCE, capacity.vcpus.to_string()),
         (MEMORY_RESOURCE, format!("{}Mi", capacity.memory_mib)),
     ]);
     let status = json!({"status": {"capacity": quantities, "allocatable": quantities}});
     nodes.patch_status(node_name, &PatchParams::default(), &Patch::Merge(&status)).await?;
-    Ok(())
+    // Schedulable only once the capacity is there to schedule by.
+    heartbeat(client, node_name, true).await
 }
 
 /// Label `kubevirt.io/schedulable` and annotation `kubevirt.io/heartbeat`.

@@ -21,3 +21,57 @@ impl ControllerArgs {
         ControllerConfig { backoff: Backoff { base: Duration::from_millis(self.start_backoff_base_ms) } }
     }
 }
+
+/// `kvmlet controller`: the VM controller and the scheduler for a cluster,
+/// run by whichever replica holds the Lease.
+#[derive(Debug, Args)]
+pub struct ControllerCmdArgs {
+    /// Kubeconfig (else KUBECONFIG, ~/.kube/config, or the in-cluster service account).
+    #[arg(long, value_name = "FILE", env = "KVMLET_KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, value_name = "NS", default_value = "kvmlet-system", env = "KVMLET_LEASE_NAMESPACE")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, value_name = "NAME", default_value = "kvmlet-controller")]
+    pub lease_name: String,
+    /// Nodes whose kubevirt.io/heartbeat is older than this many seconds get no new VMIs.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, env = "KVMLET_HEARTBEAT_THRESHOLD")]
+    pub heartbeat_threshold: u64,
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+pub fn main(args: ControllerCmdArgs) -> anyhow::Result<()> {
+    use crate::controller::{leader, scheduler};
+    anyhow::ensure!(args.heartbeat_threshold > 0, "--heartbeat-threshold: must be at least 1 second");
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = super::kube_client(args.kubeconfig.as_deref()).await?;
+        let lease = leader::LeaseConfig::new(&args.lease_namespace, &args.lease_name);
+        tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
+        let config = args.controller.config();
+        let scheduling =
+            scheduler::SchedulerConfig { heartbeat_threshold: Duration::from_secs(args.heartbeat_threshold) };
+        let work = || {
+            let (client, config) = (client.clone(), config.clone());
+            async move {
+                let scheduler = tokio::spawn(scheduler::run(client.clone(), scheduling));
+                // The scheduler task ends with this one: an aborted leader stops both.
+                let _abort = AbortOnDrop(scheduler);
+                crate::controller::run(client, config, std::future::pending()).await;
+            }
+        };
+        super::systemd::notify_ready();
+        leader::run_as_leader(client.clone(), lease, work, super::shutdown_signal()).await;
+        anyhow::Ok(())
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

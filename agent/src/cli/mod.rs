@@ -51,6 +51,8 @@ pub enum Command {
     Inspect(debug::VmiArgs),
     /// Attach to a VM's serial console (Ctrl-] detaches).
     Console(debug::VmiArgs),
+    /// Run the VM controller and scheduler for a cluster (leader-elected through a Lease).
+    Controller(controller::ControllerCmdArgs),
     /// Start a VirtualMachine (as virtctl start).
     Start(vm_commands::StartArgs),
     /// Stop a VirtualMachine (as virtctl stop).
@@ -73,6 +75,7 @@ impl Command {
             Command::Ps(args) => debug::ps(args).map(|()| ExitCode::SUCCESS),
             Command::Inspect(args) => debug::inspect(args).map(|()| ExitCode::SUCCESS),
             Command::Console(args) => debug::console(args).map(|()| ExitCode::SUCCESS),
+            Command::Controller(args) => controller::main(args).map(|()| ExitCode::SUCCESS),
             Command::Start(args) => vm_commands::start_main(args).map(|()| ExitCode::SUCCESS),
             Command::Stop(args) => vm_commands::stop_main(args).map(|()| ExitCode::SUCCESS),
             Command::Restart(args) => vm_commands::restart_main(args).map(|()| ExitCode::SUCCESS),

@@ -14,6 +14,8 @@
 
 pub mod backoff;
 pub mod identity;
+pub mod leader;
+pub mod scheduler;
 
 pub mod reconcile;
 

@@ -1,0 +1,353 @@
+//! Cluster mode's scheduler: each new VMI goes to a node whose agent is
+//! alive (label `kubevirt.io/schedulable=true`, a fresh heartbeat), that
+//! matches its `nodeSelector`, and whose published capacity
+//! (`kvmlet.io/vcpus`, `kvmlet.io/memory`) still fits it after what the
+//! node's other live VMIs ask for. Among those, the one with the most free
+//! memory wins, so VMs spread out. A VMI that fits nowhere gets
+//! `PodScheduled=False` (reason `Unschedulable`) saying why.
+//!
+//! One pass at a time over all pending VMIs, so two VMIs never take the
+//! same free space.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+use proto::kubevirt::{Condition, VirtualMachineInstance, VirtualMachineInstancePhase};
+use proto::labels::{HEARTBEAT_ANNOTATION, NODE_NAME_LABEL, SCHEDULABLE_LABEL};
+use serde_json::json;
+
+use crate::node::registration::{MEMORY_RESOURCE, VCPUS_RESOURCE};
+
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    /// A node whose last heartbeat is older than this takes no new VMIs.
+    pub heartbeat_threshold: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> SchedulerConfig {
+        SchedulerConfig { heartbeat_threshold: Duration::from_secs(300) }
+    }
+}
+
+/// What a VMI asks of a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Request {
+    pub vcpus: u64,
+    pub memory_mib: u64,
+}
+
+/// Mebibytes in a Kubernetes memory quantity ("64Mi", "1Gi", "512M", bytes).
+pub fn quantity_mib(quantity: &str) -> Option<u64> {
+    let q = quantity.trim();
+    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let number: u128 = number.parse().ok()?;
+    let multiplier: u128 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    u64::try_from((number * multiplier).div_ceil(1 << 20)).ok()
+}
+
+/// vCPUs (cores·sockets·threads) and memory the VMI asks for. A VMI
+/// without memory counts as 0 here; its node refuses it naming the field.
+pub fn request(vmi: &VirtualMachineInstance) -> Request {
+    let domain = &vmi.spec.domain;
+    let vcpus = domain
+        .cpu
+        .as_ref()
+        .map_or(1, |cpu| [cpu.cores, cpu.sockets, cpu.threads].iter().map(|n| u64::from(n.unwrap_or(1))).product());
+    let guest = domain.memory.as_ref().and_then(|m| m.guest.as_ref());
+    let requested = domain.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("memory"));
+    let memory_mib = guest.or(requested).and_then(|q| quantity_mib(&q.0)).unwrap_or(0);
+    Request { vcpus, memory_mib }
+}
+
+fn status(vmi: &VirtualMachineInstance) -> (Option<&str>, VirtualMachineInstancePhase) {
+    let status = vmi.status.as_ref();
+    (status.and_then(|s| s.node_name.as_deref()), status.and_then(|s| s.phase).unwrap_or_default())
+}
+
+/// Why a node cannot take a VMI, or None if it can.
+fn unfit(
+    node: &Node,
+    vmi: &VirtualMachineInstance,
+    used: Request,
+    threshold: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<&'static str> {
+    if node.labels().get(SCHEDULABLE_LABEL).map(String::as_str) != Some("true") {
+        return Some("were not schedulable");
+    }
+    let heartbeat =
+        node.annotations().get(HEARTBEAT_ANNOTATION).and_then(|h| chrono::DateTime::parse_from_rfc3339(h).ok());
+    let fresh =
+        heartbeat.is_some_and(|h| (now - h.with_timezone(&chrono::Utc)).to_std().unwrap_or_default() <= threshold);
+    if !fresh {
+        return Some("had a stale heartbeat");
+    }
+    let selector = vmi.spec.node_selector.clone().unwrap_or_default();
+    if selector.iter().any(|(k, v)| node.labels().get(k) != Some(v)) {
+        return Some("didn't match the VMI's node selector");
+    }
+    let allocatable = node.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
+    let vcpus = allocatable.get(VCPUS_RESOURCE).and_then(|q| q.0.parse::<u64>().ok()).unwrap_or(0);
+    let memory = allocatable.get(MEMORY_RESOURCE).and_then(|q| quantity_mib(&q.0)).unwrap_or(0);
+    let want = request(vmi);
+    if used.vcpus + want.vcpus > vcpus {
+        return Some("had insufficient kvmlet.io/vcpus");
+    }
+    if used.memory_mib + want.memory_mib > memory {
+        return Some("had insufficient kvmlet.io/memory");
+    }
+    None
+}
+
+/// The node for `vmi`, or the reason it fits nowhere ("0/3 nodes are
+/// available: 2 node(s) had insufficient kvmlet.io/memory, 1 node(s) were not schedulable").
+pub fn choose(
+    nodes: &[Node],
+    vmi: &VirtualMachineInstance,
+    used: &BTreeMap<String, Request>,
+    threshold: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<String, String> {
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut best: Option<(u64, String)> = None;
+    for node in nodes {
+        let name = node.name_any();
+        let in_use = used.get(&name).copied().unwrap_or_default();
+        match unfit(node, vmi, in_use, threshold, now) {
+            Some(reason) => *reasons.entry(reason).or_default() += 1,
+            None => {
+                let memory =
+                    node.status.as_ref().and_then(|s| s.allocatable.as_ref()).and_then(|a| a.get(MEMORY_RESOURCE));
+                let free = memory.and_then(|q| quantity_mib(&q.0)).unwrap_or(0).saturating_sub(in_use.memory_mib);
+                if best.as_ref().is_none_or(|(f, n)| free > *f || (free == *f && name < *n)) {
+                    best = Some((free, name));
+                }
+            }
+        }
+    }
+    best.map(|(_, name)| name).ok_or_else(|| {
+        let why: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} node(s) {r}")).collect();
+        format!(
+            "0/{} nodes are available: {}",
+            nodes.len(),
+            if why.is_empty() { "no nodes".into() } else { why.join(", ") }
+        )
+    })
+}
+
+/// Runs the scheduler until the task is dropped.
+pub async fn run(client: Client, config: SchedulerConfig) {
+    let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
+    let mut changes = watcher(vmis, watcher::Config::default()).default_backoff().applied_objects().boxed();
+    // Nodes come, go and heartbeat: VMIs that fit nowhere are retried now and then.
+    let mut retry = tokio::time::interval(Duration::from_secs(5));
+    tracing::info!(heartbeat_threshold = ?config.heartbeat_threshold, "scheduler started");
+    loop {
+        tokio::select! {
+            change = changes.next() => match change {
+                None => return,
+                Some(Err(e)) => { tracing::warn!(error = %e, "VMI watch failed; retrying"); continue; }
+                Some(Ok(vmi)) => {
+                    let (node, phase) = status(&vmi);
+                    if node.is_some() || phase.is_final() || vmi.metadata.deletion_timestamp.is_some() {
+                        continue;
+                    }
+                }
+            },
+            _ = retry.tick() => {}
+        }
+        if let Err(e) = pass(&client, &config).await {
+            tracing::warn!(error = %e, "scheduling pass failed; retrying");
+        }
+    }
+}
+
+/// One pass: every pending VMI, oldest first, placed or told why not.
+async fn pass(client: &Client, config: &SchedulerConfig) -> kube::Result<()> {
+    let all = Api::<VirtualMachineInstance>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let mut pending: Vec<&VirtualMachineInstance> = all
+        .iter()
+        .filter(|v| {
+            let (node, phase) = status(v);
+            node.is_none() && !phase.is_final() && v.metadata.deletion_timestamp.is_none()
+        })
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    pending.sort_by_key(|v| v.metadata.creation_timestamp.clone());
+    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
+    let mut used: BTreeMap<String, Request> = BTreeMap::new();
+    for vmi in &all {
+        if let (Some(node), phase) = status(vmi) {
+            if !phase.is_final() {
+                let entry = used.entry(node.to_string()).or_default();
+                let want = request(vmi);
+                entry.vcpus += want.vcpus;
+                entry.memory_mib += want.memory_mib;
+            }
+        }
+    }
+    let now = chrono::Utc::now();
+    for vmi in pending {
+        let span = tracing::info_span!("vmi", namespace = %vmi.namespace().unwrap_or_default(), name = %vmi.name_any(), uid = %vmi.uid().unwrap_or_default());
+        let _enter = span.enter();
+        match choose(&nodes, vmi, &used, config.heartbeat_threshold, now) {
+            Ok(node) => {
+                assign(client, vmi, &node).await?;
+                let entry = used.entry(node.clone()).or_default();
+                let want = request(vmi);
+                entry.vcpus += want.vcpus;
+                entry.memory_mib += want.memory_mib;
+                tracing::info!(%node, "VMI scheduled");
+            }
+            Err(message) => {
+                unschedulable(client, vmi, &message).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn api(client: &Client, vmi: &VirtualMachineInstance) -> Api<VirtualMachineInstance> {
+    Api::namespaced(client.clone(), &vmi.namespace().unwrap_or_default())
+}
+
+fn pod_scheduled(status: &str, reason: Option<&str>, message: Option<&str>) -> Condition {
+    Condition {
+        type_: "PodScheduled".into(),
+        status: status.into(),
+        reason: reason.map(str::to_string),
+        message: message.map(str::to_string),
+        last_probe_time: None,
+        last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        )),
+    }
+}
+
+/// `status.nodeName` and phase Scheduled (tested against the status read,
+/// so a VMI another replica placed meanwhile is not placed twice), then the
+/// label the node agents select on.
+async fn assign(client: &Client, vmi: &VirtualMachineInstance, node: &str) -> kube::Result<()> {
+    let status = vmi.status.clone().unwrap_or_default();
+    let mut conditions: Vec<Condition> =
+        status.conditions.iter().filter(|c| c.type_ != "PodScheduled").cloned().collect();
+    conditions.push(pod_scheduled("True", None, None));
+    let mut transitions = status.phase_transition_timestamps.clone();
+    transitions.push(proto::kubevirt::PhaseTransitionTimestamp {
+        phase: VirtualMachineInstancePhase::Scheduled,
+        phase_transition_timestamp: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ),
+    });
+    let new_status = proto::kubevirt::VirtualMachineInstanceStatus {
+        node_name: Some(node.to_string()),
+        phase: Some(VirtualMachineInstancePhase::Scheduled),
+        conditions,
+        phase_transition_timestamps: transitions,
+        ..status
+    };
+    let patch = json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": vmi.resource_version()},
+        {"op": "add", "path": "/status", "value": new_status},
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(patch).expect("a well-formed JSON patch");
+    let name = vmi.name_any();
+    api(client, vmi).patch_status(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
+    let label = json!({"metadata": {"labels": {NODE_NAME_LABEL: node}}});
+    api(client, vmi).patch(&name, &PatchParams::default(), &Patch::Merge(&label)).await?;
+    Ok(())
+}
+
+/// `PodScheduled=False`, reason `Unschedulable`, unless it already says so.
+async fn unschedulable(client: &Client, vmi: &VirtualMachineInstance, message: &str) -> kube::Result<()> {
+    let status = vmi.status.clone().unwrap_or_default();
+    let current = status.conditions.iter().find(|c| c.type_ == "PodScheduled");
+    if current.is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(message)) {
+        return Ok(());
+    }
+    tracing::info!(%message, "VMI unschedulable");
+    let mut conditions: Vec<Condition> =
+        status.conditions.iter().filter(|c| c.type_ != "PodScheduled").cloned().collect();
+    conditions.push(pod_scheduled("False", Some("Unschedulable"), Some(message)));
+    let patch = json!({"status": {"conditions": conditions}});
+    api(client, vmi).patch_status(&vmi.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, labels: &[(&str, &str)], vcpus: &str, memory: &str, heartbeat_age_s: i64) -> Node {
+        let heartbeat = (chrono::Utc::now() - chrono::Duration::seconds(heartbeat_age_s)).to_rfc3339();
+        let mut all: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        all.insert(SCHEDULABLE_LABEL.into(), "true".into());
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": all, "annotations": {HEARTBEAT_ANNOTATION: heartbeat}},
+            "status": {"allocatable": {VCPUS_RESOURCE: vcpus, MEMORY_RESOURCE: memory}},
+        }))
+        .unwrap()
+    }
+
+    fn vmi(memory: &str, cores: u32, selector: Option<(&str, &str)>) -> VirtualMachineInstance {
+        let mut spec =
+            json!({"domain": {"cpu": {"cores": cores}, "resources": {"requests": {"memory": memory}}, "devices": {}}});
+        if let Some((k, v)) = selector {
+            spec["nodeSelector"] = json!({k: v});
+        }
+        serde_json::from_value(json!({"metadata": {"name": "v"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn quantities_and_requests() {
+        assert_eq!(quantity_mib("64Mi"), Some(64));
+        assert_eq!(quantity_mib("1Gi"), Some(1024));
+        assert_eq!(quantity_mib("64M"), Some(62));
+        assert_eq!(quantity_mib("lots"), None);
+        assert_eq!(request(&vmi("128Mi", 2, None)), Request { vcpus: 2, memory_mib: 128 });
+    }
+
+    #[test]
+    fn picks_a_live_fitting_matching_node_with_the_most_free_memory() {
+        let t = Duration::from_secs(300);
+        let now = chrono::Utc::now();
+        let nodes = vec![
+            node("small", &[], "4", "100Mi", 0),
+            node("big", &[], "4", "1Gi", 0),
+            node("stale", &[], "64", "64Gi", 600),
+            node("gpu", &[("gpu", "yes")], "4", "512Mi", 0),
+        ];
+        let used = BTreeMap::new();
+        assert_eq!(choose(&nodes, &vmi("64Mi", 1, None), &used, t, now), Ok("big".into()));
+        assert_eq!(choose(&nodes, &vmi("64Mi", 1, Some(("gpu", "yes"))), &used, t, now), Ok("gpu".into()));
+        let full = BTreeMap::from([("big".to_string(), Request { vcpus: 1, memory_mib: 1000 })]);
+        assert_eq!(choose(&nodes, &vmi("64Mi", 1, None), &full, t, now), Ok("gpu".into()));
+        let err = choose(&nodes, &vmi("2Gi", 1, None), &used, t, now).unwrap_err();
+        assert_eq!(
+            err,
+            "0/4 nodes are available: 1 node(s) had a stale heartbeat, 3 node(s) had insufficient kvmlet.io/memory"
+        );
+        let err = choose(&nodes, &vmi("64Mi", 8, None), &used, t, now).unwrap_err();
+        assert!(err.contains("insufficient kvmlet.io/vcpus"), "{err}");
+    }
+}

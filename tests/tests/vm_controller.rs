@@ -158,6 +158,16 @@ async fn wait_vm(
     }
 }
 
+/// Waits until the VM is Stopped with no VMI and no pending request
+/// recorded (its status catches up after the VMI is gone).
+async fn wait_stopped(apis: &Apis, api: &Standalone, name: &str) -> VirtualMachine {
+    wait_vm(apis, api, name, "Stopped without a VMI", |vm| {
+        let status = vm.status.clone().unwrap_or_default();
+        printable(vm) == "Stopped" && !status.created && status.state_change_requests.is_empty()
+    })
+    .await
+}
+
 fn printable(vm: &VirtualMachine) -> &str {
     vm.status.as_ref().and_then(|s| s.printable_status.as_deref()).unwrap_or_default()
 }
@@ -272,7 +282,7 @@ async fn user_guide_walkthrough_start_restart_stop() {
 
     kvmlet_ok(&api, &["stop", "vm-cirros", "--grace-period", "0"]);
     wait_vmi_gone(&apis, &api, "vm-cirros").await;
-    let vm = wait_vm(&apis, &api, "vm-cirros", "Stopped", |vm| printable(vm) == "Stopped").await;
+    let vm = wait_stopped(&apis, &api, "vm-cirros").await;
     assert_eq!(vm.spec.running, Some(false));
     assert!(!vm.status.unwrap().created);
     kvmlet_fails(&api, &["stop", "vm-cirros"], "not running");
@@ -325,7 +335,7 @@ async fn always_recreates_and_rerun_on_failure_reruns_only_failures() {
     k(&api, &["create", "-f", "-"], Some(&vm_manifest("done", "runStrategy: RerunOnFailure", "probe.action=poweroff")));
     wait_vm(&apis, &api, "done", "started", |vm| vm.status.as_ref().is_some_and(|s| s.run_strategy.is_some())).await;
     wait_vmi_gone(&apis, &api, "done").await;
-    let vm = wait_vm(&apis, &api, "done", "Stopped", |vm| printable(vm) == "Stopped").await;
+    let vm = wait_stopped(&apis, &api, "done").await;
     let status = vm.status.unwrap();
     assert!(!status.created && status.start_failure.is_none(), "{status:?}");
     let creates = event_count(&api, "done", "SuccessfulCreate");
@@ -424,7 +434,7 @@ async fn racing_starts_on_manual_exactly_one_wins() {
     kvmlet_ok(&api, &["stop", "race", "--grace-period", "0"]);
     assert_eq!(apis.vmis.get("race").await.unwrap().spec.termination_grace_period_seconds, Some(0));
     wait_vmi_gone(&apis, &api, "race").await;
-    let vm = wait_vm(&apis, &api, "race", "Stopped", |vm| printable(vm) == "Stopped").await;
+    let vm = wait_stopped(&apis, &api, "race").await;
     assert_eq!(vm.spec.run_strategy.map(|s| s.as_str()), Some("Manual"), "stop on Manual keeps the strategy");
     assert!(vm.status.unwrap().state_change_requests.is_empty(), "requests are consumed");
     kvmlet_fails(&api, &["restart", "race", "--grace-period", "3"], "only 0");
@@ -461,7 +471,7 @@ async fn cascade_orphan_delete_and_adoption() {
         assert!(Instant::now() < deadline, "an orphan delete is not held up:\n{}", api.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let orphan = apis.vmis.get("keep").await.unwrap();
+    let orphan = apis.vmis.get("keep").await.unwrap_or_else(|e| panic!("the orphan is gone: {e}\n{}", api.log()));
     assert_eq!((orphan.uid(), phase(&orphan)), (vmi.uid(), Some(Phase::Running)), "the orphan keeps running");
     assert!(orphan.owner_references().is_empty());
 

@@ -20,6 +20,9 @@ use tracing::Instrument;
 use super::strategy::{self, Decision};
 use super::{backoff, identity, status, Context, ControllerError};
 
+/// Kubernetes' finalizer on an owner whose dependents are being orphaned.
+const ORPHAN_FINALIZER: &str = "orphan";
+
 /// How the VM stands to the VMI that carries its name.
 enum Instance {
     Absent,
@@ -187,6 +190,11 @@ async fn sync(vm: &VirtualMachine, ctx: &Context) -> Result<Action, ControllerEr
 /// VMI that is not ours (orphaned by `--cascade=orphan`) does not hold the VM.
 async fn finish_deletion(vm: &VirtualMachine, ctx: &Context, instance: Instance) -> Result<Action, ControllerError> {
     let w = &ctx.writer;
+    // An orphaning delete: the API strips the VMI's owner reference, then
+    // drops this finalizer; the VMI must be left running.
+    if vm.finalizers().iter().any(|f| f == ORPHAN_FINALIZER) {
+        return Ok(Action::await_change());
+    }
     if let Instance::Ours(vmi) = instance {
         if vmi.metadata.deletion_timestamp.is_none() {
             w.delete_vmi(vm, &vmi).await?;

@@ -311,12 +311,7 @@ fn delete(
         .or(query.get("propagationPolicy").map(String::as_str))
         .unwrap_or("Background");
     match policy {
-        "Background" => {}
-        "Orphan" => {
-            if let (Some(namespace), Some(uid)) = (&target.namespace, current["metadata"]["uid"].as_str()) {
-                gc::orphan_dependents(store, namespace, uid);
-            }
-        }
+        "Background" | "Orphan" => {}
         "Foreground" => {
             // The garbage collector deletes the dependents, then this finalizer.
             let finalizers = current["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
@@ -332,23 +327,74 @@ fn delete(
             )))
         }
     }
+    let orphan = |owner: &Value| {
+        if let (Some(namespace), Some(uid)) = (&target.namespace, owner["metadata"]["uid"].as_str()) {
+            gc::orphan_dependents(store, namespace, uid);
+        }
+    };
     let has_finalizers = current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
     if has_finalizers {
         if current["metadata"].get("deletionTimestamp").is_some() {
+            if policy == "Orphan" {
+                orphan(&current);
+            }
             return Ok(Json(current).into_response());
         }
         let mut marked = current.clone();
         marked["metadata"]["deletionTimestamp"] = json!(now());
         let grace = options["gracePeriodSeconds"].as_i64().unwrap_or(0);
         marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        // As in Kubernetes, an orphaning delete is announced on the owner
+        // (the `orphan` finalizer) before its dependents lose their owner
+        // reference, so a controller watching the owner neither deletes them
+        // with it nor adopts them back in between.
+        if policy == "Orphan" {
+            if let Some(list) = marked["metadata"]["finalizers"].as_array_mut() {
+                list.push(json!(ORPHAN_FINALIZER));
+            }
+        }
         let stored = store
             .update(&target.key(name), marked, precondition)
             .map_err(|e| ApiError::from_store(e, &target.what(), name))?;
-        return Ok((StatusCode::ACCEPTED, Json(stored)).into_response());
+        if policy != "Orphan" {
+            return Ok((StatusCode::ACCEPTED, Json(stored)).into_response());
+        }
+        orphan(&stored);
+        return release_orphan_finalizer(store, target, name);
+    }
+    if policy == "Orphan" {
+        orphan(&current);
     }
     let gone =
         store.delete(&target.key(name), precondition).map_err(|e| ApiError::from_store(e, &target.what(), name))?;
     Ok(Json(gone).into_response())
+}
+
+/// Kubernetes' finalizer for an owner whose dependents are being orphaned.
+const ORPHAN_FINALIZER: &str = "orphan";
+
+/// The dependents are orphaned: the `orphan` finalizer goes, and with it
+/// the object if no other finalizer holds it. Retried on a conflict (a
+/// controller may be writing the object at the same moment).
+fn release_orphan_finalizer(store: &Store, target: &Target, name: &str) -> Result<Response, ApiError> {
+    loop {
+        let mut current = get(store, target, name)?;
+        let revision = current["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok());
+        let Some(list) = current["metadata"]["finalizers"].as_array_mut() else {
+            return Ok((StatusCode::ACCEPTED, Json(current)).into_response());
+        };
+        list.retain(|f| f != ORPHAN_FINALIZER);
+        let result = if list.is_empty() {
+            store.delete(&target.key(name), revision).map(|gone| (StatusCode::OK, gone))
+        } else {
+            store.update(&target.key(name), current, revision).map(|kept| (StatusCode::ACCEPTED, kept))
+        };
+        match result.map_err(|e| ApiError::from_store(e, &target.what(), name)) {
+            Ok((code, object)) => return Ok((code, Json(object)).into_response()),
+            Err(error) if error.code == StatusCode::CONFLICT => continue,
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// `deletecollection`: each object the selectors match is deleted as by

@@ -202,7 +202,9 @@ async fn smbios_identity(api: &Standalone, vmi: &VirtualMachineInstance) -> (Str
     let deadline = Instant::now() + WAIT;
     loop {
         let console = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(line) = console.lines().find(|l| l.contains("smbios version=")) {
+        // Only whole lines: the guest may be half way through writing one.
+        let complete = &console[..console.rfind('\n').map_or(0, |end| end + 1)];
+        if let Some(line) = complete.lines().find(|l| l.contains("smbios version=")) {
             let field = |key: &str| {
                 line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or_default().to_lowercase()
             };
@@ -314,11 +316,26 @@ async fn always_recreates_and_rerun_on_failure_reruns_only_failures() {
     let second = wait_vmi(&apis, &api, "always", Phase::Running, first.uid().as_deref()).await;
     assert_ne!(first.uid(), second.uid());
     kvmlet_fails(&api, &["start", "always"], "already running");
+    // A forced restart does not wait for the guest (grace 0), and the VM comes back.
+    kvmlet_fails(&api, &["restart", "always", "--grace-period=0"], "needs --force");
+    kvmlet_ok(&api, &["restart", "always", "--force", "--grace-period=0"]);
+    let third = wait_vmi(&apis, &api, "always", Phase::Running, second.uid().as_deref()).await;
+    let grace = k(&api, &["get", "events", "--field-selector", "involvedObject.name=always", "-o", "json"], None);
+    assert!(grace.contains(&second.uid().unwrap()), "the old VMI was deleted by the controller: {grace}");
+    assert_ne!(third.uid(), first.uid());
     kvmlet_ok(&api, &["stop", "always", "--grace-period", "0"]);
     wait_vmi_gone(&apis, &api, "always").await;
     let vm = wait_vm(&apis, &api, "always", "Halted", |vm| printable(vm) == "Stopped").await;
     assert_eq!(vm.spec.run_strategy.map(|s| s.as_str()), Some("Halted"));
     k(&api, &["delete", "vm", "always"], None);
+
+    // A guest that powers itself off under Always is started again.
+    k(&api, &["create", "-f", "-"], Some(&vm_manifest("again", "runStrategy: Always", "probe.action=poweroff")));
+    let off = wait_vmi(&apis, &api, "again", Phase::Succeeded, None).await;
+    wait_for(&apis.vmis, &api, "again", "replaced", WAIT, |vmi| vmi.is_some_and(|v| v.uid() != off.uid())).await;
+    kvmlet_ok(&api, &["stop", "again"]);
+    wait_stopped(&apis, &api, "again").await;
+    k(&api, &["delete", "vm", "again"], None);
 
     // A guest that crashes under RerunOnFailure is started again.
     k(
@@ -432,7 +449,10 @@ async fn racing_starts_on_manual_exactly_one_wins() {
     let creates = event_count(&api, "race", "SuccessfulCreate");
     assert_eq!(creates, 1, "created once");
     kvmlet_ok(&api, &["stop", "race", "--grace-period", "0"]);
-    assert_eq!(apis.vmis.get("race").await.unwrap().spec.termination_grace_period_seconds, Some(0));
+    // The VMI stays until its final state is recorded, but may be gone already.
+    if let Some(vmi) = apis.vmis.get_opt("race").await.unwrap() {
+        assert_eq!(vmi.spec.termination_grace_period_seconds, Some(0), "stop wrote the grace period first");
+    }
     wait_vmi_gone(&apis, &api, "race").await;
     let vm = wait_stopped(&apis, &api, "race").await;
     assert_eq!(vm.spec.run_strategy.map(|s| s.as_str()), Some("Manual"), "stop on Manual keeps the strategy");

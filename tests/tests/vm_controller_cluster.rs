@@ -95,7 +95,7 @@ async fn two_controller_replicas_schedule_onto_three_agents_and_fail_over() {
         ];
         agents.push(spawn(&api, &args, &dir.join(format!("{node}.log"))));
     }
-    let controller_args = ["controller", "--lease-namespace", "default", "--heartbeat-threshold", "30"];
+    let controller_args = ["controller", "--lease-namespace", "default", "--heartbeat-threshold", "8"];
     let mut replicas: Vec<Option<Process>> =
         (0..2).map(|i| Some(spawn(&api, &controller_args, &dir.join(format!("controller{i}.log"))))).collect();
     let logs = || {
@@ -179,12 +179,33 @@ async fn two_controller_replicas_schedule_onto_three_agents_and_fail_over() {
     .await;
     assert_eq!(second_leader, pids[1 - index]);
     vmis.delete("anywhere", &DeleteParams::default()).await.unwrap();
-    eventually("anywhere recreated by the new leader", &logs, async || {
+    let (node, second_uid) = eventually("anywhere recreated by the new leader", &logs, async || {
         let vmi = vmis.get_opt("anywhere").await.unwrap()?;
-        let running = vmi.status.as_ref()?.phase == Some(Phase::Running);
-        (running && vmi.uid().as_deref() != Some(first_uid.as_str())).then_some(())
+        let status = vmi.status.clone()?;
+        let running = status.phase == Some(Phase::Running);
+        (running && vmi.uid().as_deref() != Some(first_uid.as_str()))
+            .then(|| (status.node_name.unwrap_or_default(), vmi.uid().unwrap_or_default()))
     })
     .await;
+
+    // Its node dies: once the heartbeat is stale the VMI fails as
+    // NodeUnresponsive, and the VM starts again on a live node.
+    let dead = ["n1", "n2", "n3"].iter().position(|n| *n == node).unwrap();
+    agents[dead].0.kill().unwrap();
+    let mut saw_unresponsive = false;
+    let third_node = eventually("anywhere moved off the dead node", &logs, async || {
+        let vmi = vmis.get_opt("anywhere").await.unwrap()?;
+        let status = vmi.status.clone()?;
+        if vmi.uid().as_deref() == Some(second_uid.as_str()) {
+            saw_unresponsive |=
+                status.phase == Some(Phase::Failed) && status.reason.as_deref() == Some("NodeUnresponsive");
+            return None;
+        }
+        (status.phase == Some(Phase::Running)).then(|| status.node_name.unwrap_or_default())
+    })
+    .await;
+    assert!(saw_unresponsive, "the VMI on the dead node failed as NodeUnresponsive");
+    assert_ne!(third_node, node);
 
     for name in ["anywhere", "golden", "huge"] {
         vms.delete(name, &DeleteParams::default()).await.unwrap();

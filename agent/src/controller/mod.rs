@@ -10,7 +10,8 @@
 //! - `writes`: everything written to the API, and events.
 //! - `reconcile`: one VM's sync, in that order.
 //! - `leader`: Lease-based leader election for `kvmlet controller`.
-//! - `scheduler`: cluster mode's VMI-to-node assignment.
+//! - `scheduler`: cluster mode's VMI-to-node assignment; `unresponsive`: failing
+//!   the VMIs of nodes that stopped heartbeating.
 
 pub mod backoff;
 pub mod identity;
@@ -21,6 +22,7 @@ pub mod reconcile;
 
 pub mod status;
 pub mod strategy;
+pub mod unresponsive;
 pub mod writes;
 
 use std::future::Future;

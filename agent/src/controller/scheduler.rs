@@ -82,6 +82,14 @@ fn status(vmi: &VirtualMachineInstance) -> (Option<&str>, VirtualMachineInstance
     (status.and_then(|s| s.node_name.as_deref()), status.and_then(|s| s.phase).unwrap_or_default())
 }
 
+/// Whether the node's agent heartbeated within `threshold` (a node that
+/// never did is not alive).
+pub fn heartbeat_fresh(node: &Node, threshold: Duration, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let heartbeat =
+        node.annotations().get(HEARTBEAT_ANNOTATION).and_then(|h| chrono::DateTime::parse_from_rfc3339(h).ok());
+    heartbeat.is_some_and(|h| (now - h.with_timezone(&chrono::Utc)).to_std().unwrap_or_default() <= threshold)
+}
+
 /// Why a node cannot take a VMI, or None if it can.
 fn unfit(
     node: &Node,
@@ -93,11 +101,7 @@ fn unfit(
     if node.labels().get(SCHEDULABLE_LABEL).map(String::as_str) != Some("true") {
         return Some("were not schedulable");
     }
-    let heartbeat =
-        node.annotations().get(HEARTBEAT_ANNOTATION).and_then(|h| chrono::DateTime::parse_from_rfc3339(h).ok());
-    let fresh =
-        heartbeat.is_some_and(|h| (now - h.with_timezone(&chrono::Utc)).to_std().unwrap_or_default() <= threshold);
-    if !fresh {
+    if !heartbeat_fresh(node, threshold, now) {
         return Some("had a stale heartbeat");
     }
     let selector = vmi.spec.node_selector.clone().unwrap_or_default();
@@ -172,7 +176,11 @@ pub async fn run(client: Client, config: SchedulerConfig) {
                     }
                 }
             },
-            _ = retry.tick() => {}
+            _ = retry.tick() => {
+                if let Err(e) = super::unresponsive::sweep(&client, config.heartbeat_threshold).await {
+                    tracing::warn!(error = %e, "checking for unresponsive nodes failed; retrying");
+                }
+            }
         }
         if let Err(e) = pass(&client, &config).await {
             tracing::warn!(error = %e, "scheduling pass failed; retrying");

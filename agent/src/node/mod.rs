@@ -36,6 +36,7 @@ use proto::labels::NODE_NAME_LABEL;
 use proto::node::ControlRequest;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::Instrument;
 
 pub use translate::NodeDefaults;
 use vms::{Process, VmTable};
@@ -187,25 +188,29 @@ async fn sweep_orphans(ctx: Arc<NodeContext>, store: Store<VirtualMachineInstanc
             }
             let span =
                 tracing::info_span!("vmi", namespace = %identity.namespace, name = %identity.name, uid = %identity.uid);
-            let _enter = span.enter();
-            match entry.process {
-                Process::Exited(_) => {
-                    if !entry.cleaned {
-                        tracing::info!("cleaning up the VM of a VMI that no longer exists");
-                        let _ = entry.dir.remove();
-                        if let Some(parent) = &ctx.config.cgroup_parent {
-                            crate::vmprocess::cgroup::remove(parent, &entry.dir);
+            // Instrumented, not entered: an entered span must not be held across an await.
+            async {
+                match entry.process {
+                    Process::Exited(_) => {
+                        if !entry.cleaned {
+                            tracing::info!("cleaning up the VM of a VMI that no longer exists");
+                            let _ = entry.dir.remove();
+                            if let Some(parent) = &ctx.config.cgroup_parent {
+                                crate::vmprocess::cgroup::remove(parent, &entry.dir);
+                            }
                         }
+                        ctx.vms.remove(&identity.uid);
                     }
-                    ctx.vms.remove(&identity.uid);
-                }
-                _ => {
-                    tracing::info!("stopping the VM of a VMI that no longer exists");
-                    if let Err(e) = client::request(&entry.dir, &ControlRequest::Kill).await {
-                        tracing::debug!(error = %e, "kill failed");
+                    _ => {
+                        tracing::info!("stopping the VM of a VMI that no longer exists");
+                        if let Err(e) = client::request(&entry.dir, &ControlRequest::Kill).await {
+                            tracing::debug!(error = %e, "kill failed");
+                        }
                     }
                 }
             }
+            .instrument(span)
+            .await;
         }
     }
 }

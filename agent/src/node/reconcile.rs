@@ -19,6 +19,7 @@ use kube::ResourceExt;
 use proto::kubevirt::{VirtualMachineInstance, VirtualMachineInstancePhase as Phase};
 use proto::labels::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
 use proto::node::{ControlRequest, VmExit, VmExitKind};
+use tracing::Instrument;
 
 use super::report::PhaseChange;
 use super::vms::{Process, Shutdown, VmEntry};
@@ -46,28 +47,33 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<NodeContext>) 
     let namespace = vmi.namespace().unwrap_or_default();
     let name = vmi.name_any();
     let span = tracing::info_span!("vmi", %namespace, %name, %uid);
-    let _enter = span.enter();
-    let phase = status.phase.unwrap_or_default();
-    let entry = ctx.vms.get(&uid);
+    // Instrumented, not entered: an entered span held across an await
+    // corrupts the worker thread's span stack (and panics other tasks).
+    async move {
+        let phase = status.phase.unwrap_or_default();
+        let entry = ctx.vms.get(&uid);
 
-    if vmi.metadata.deletion_timestamp.is_some() {
-        return shut_down(&vmi, entry, phase, &ctx).await;
-    }
-    match entry {
-        None if phase.is_final() => {
-            ctx.reporter.remove_finalizer(&vmi).await?;
-            Ok(Action::await_change())
+        if vmi.metadata.deletion_timestamp.is_some() {
+            return shut_down(&vmi, entry, phase, &ctx).await;
         }
-        None if phase == Phase::Running => {
-            // Running, yet no state directory here: the node lost the VM
-            // (state wiped while the agent was away). Never start a second one.
-            let exit = lost();
-            finish(&vmi, phase, &exit, None, &ctx).await?;
-            Ok(Action::await_change())
+        match entry {
+            None if phase.is_final() => {
+                ctx.reporter.remove_finalizer(&vmi).await?;
+                Ok(Action::await_change())
+            }
+            None if phase == Phase::Running => {
+                // Running, yet no state directory here: the node lost the VM
+                // (state wiped while the agent was away). Never start a second one.
+                let exit = lost();
+                finish(&vmi, phase, &exit, None, &ctx).await?;
+                Ok(Action::await_change())
+            }
+            None => start(&vmi, &uid, &ctx).await,
+            Some(entry) => sync(&vmi, entry, phase, &ctx).await,
         }
-        None => start(&vmi, &uid, &ctx).await,
-        Some(entry) => sync(&vmi, entry, phase, &ctx).await,
     }
+    .instrument(span)
+    .await
 }
 
 pub fn error_policy(_vmi: Arc<VirtualMachineInstance>, error: &NodeError, _ctx: Arc<NodeContext>) -> Action {

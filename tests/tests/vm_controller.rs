@@ -511,6 +511,20 @@ async fn cascade_orphan_delete_and_adoption() {
     k(&api, &["delete", "vm", "keep"], None);
     wait_vmi_gone(&apis, &api, "keep").await;
 
+    // An orphan left alone can still be deleted: no VM holds it back.
+    k(&api, &["create", "-f", "-"], Some(&manifest));
+    wait_vmi(&apis, &api, "keep", Phase::Running, None).await;
+    k(&api, &["delete", "vm", "keep", "--cascade=orphan"], None);
+    let deadline = Instant::now() + WAIT;
+    while apis.vms.get_opt("keep").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "an orphan delete is not held up:\n{}", api.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let orphan = apis.vmis.get("keep").await.unwrap();
+    assert!(orphan.finalizers().iter().any(|f| f == "kubevirt.io/virtualMachineControllerFinalize"));
+    k(&api, &["delete", "vmi", "keep", "--wait=false"], None);
+    wait_vmi_gone(&apis, &api, "keep").await;
+
     // A VMI controlled by something else is neither adopted nor replaced.
     let foreign = r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance

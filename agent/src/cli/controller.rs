@@ -43,7 +43,7 @@ pub struct ControllerCmdArgs {
 }
 
 pub fn main(args: ControllerCmdArgs) -> anyhow::Result<()> {
-    use crate::controller::{leader, scheduler};
+    use crate::controller::{leader, scheduler, AbortOnDrop};
     anyhow::ensure!(args.heartbeat_threshold > 0, "--heartbeat-threshold: must be at least 1 second");
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -66,12 +66,4 @@ pub fn main(args: ControllerCmdArgs) -> anyhow::Result<()> {
         leader::run_as_leader(client.clone(), lease, work, super::shutdown_signal()).await;
         anyhow::Ok(())
     })
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

@@ -9,6 +9,7 @@
 //! - `status`: `printableStatus`, conditions and the rest of the status.
 //! - `writes`: everything written to the API, and events.
 //! - `reconcile`: one VM's sync, in that order.
+//! - `orphans`: the controller's finalizer taken off VMIs no VM owns.
 //! - `leader`: Lease-based leader election for `kvmlet controller`.
 //! - `scheduler`: cluster mode's VMI-to-node assignment; `unresponsive`: failing
 //!   the VMIs of nodes that stopped heartbeating.
@@ -16,6 +17,7 @@
 pub mod backoff;
 pub mod identity;
 pub mod leader;
+pub mod orphans;
 pub mod scheduler;
 
 pub mod reconcile;
@@ -67,8 +69,10 @@ pub async fn run(client: Client, config: ControllerConfig, shutdown: impl Future
     let ctx =
         Arc::new(Context { writer: writes::Writer { client: client.clone(), recorder }, backoff: config.backoff });
     let vms: Api<VirtualMachine> = Api::all(client.clone());
-    let vmis: Api<VirtualMachineInstance> = Api::all(client);
+    let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
     tracing::info!(backoff_base = ?config.backoff.base, "VM controller started");
+    // Aborted with the controller (a replica that loses the lease stops both).
+    let _orphans = AbortOnDrop(tokio::spawn(orphans::run(client.clone())));
     Controller::new(vms, watcher::Config::default())
         // Every VMI maps to the VM of its name and namespace, not only the
         // ones it owns (`.owns()` would miss orphans waiting for adoption and
@@ -86,4 +90,14 @@ pub async fn run(client: Client, config: ControllerConfig, shutdown: impl Future
         })
         .await;
     tracing::info!("VM controller stopped");
+}
+
+/// A spawned task that ends when its owner does (also when the owner is
+/// itself aborted, where code after an `.await` never runs).
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -20,6 +20,7 @@ use kube::{Client, ResourceExt};
 use proto::kubevirt::{Condition, VirtualMachineInstance, VirtualMachineInstancePhase};
 use proto::labels::{HEARTBEAT_ANNOTATION, NODE_NAME_LABEL, SCHEDULABLE_LABEL};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::node::registration::{MEMORY_RESOURCE, VCPUS_RESOURCE};
 
@@ -217,22 +218,36 @@ async fn pass(client: &Client, config: &SchedulerConfig) -> kube::Result<()> {
     let now = chrono::Utc::now();
     for vmi in pending {
         let span = tracing::info_span!("vmi", namespace = %vmi.namespace().unwrap_or_default(), name = %vmi.name_any(), uid = %vmi.uid().unwrap_or_default());
-        let _enter = span.enter();
-        match choose(&nodes, vmi, &used, config.heartbeat_threshold, now) {
-            Ok(node) => {
-                assign(client, vmi, &node).await?;
-                let entry = used.entry(node.clone()).or_default();
-                let want = request(vmi);
-                entry.vcpus += want.vcpus;
-                entry.memory_mib += want.memory_mib;
-                tracing::info!(%node, "VMI scheduled");
-            }
-            Err(message) => {
-                unschedulable(client, vmi, &message).await?;
-            }
+        // Instrumented, never entered across an await.
+        let placed =
+            place(client, vmi, choose(&nodes, vmi, &used, config.heartbeat_threshold, now)).instrument(span).await?;
+        if let Some(node) = placed {
+            let entry = used.entry(node).or_default();
+            let want = request(vmi);
+            entry.vcpus += want.vcpus;
+            entry.memory_mib += want.memory_mib;
         }
     }
     Ok(())
+}
+
+/// Carries out a placement decision; the node when the VMI was placed.
+async fn place(
+    client: &Client,
+    vmi: &VirtualMachineInstance,
+    choice: Result<String, String>,
+) -> kube::Result<Option<String>> {
+    match choice {
+        Ok(node) => {
+            assign(client, vmi, &node).await?;
+            tracing::info!(%node, "VMI scheduled");
+            Ok(Some(node))
+        }
+        Err(message) => {
+            unschedulable(client, vmi, &message).await?;
+            Ok(None)
+        }
+    }
 }
 
 fn api(client: &Client, vmi: &VirtualMachineInstance) -> Api<VirtualMachineInstance> {

@@ -14,6 +14,7 @@ use kube::{Client, ResourceExt};
 use proto::kubevirt::{Condition, PhaseTransitionTimestamp, VirtualMachineInstance, VirtualMachineInstancePhase};
 use proto::labels::VMI_FOREGROUND_FINALIZER;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::scheduler::heartbeat_fresh;
 
@@ -37,52 +38,62 @@ pub async fn sweep(client: &Client, threshold: Duration) -> kube::Result<()> {
         if alive {
             continue;
         }
-        let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &vmi.namespace().unwrap_or_default());
-        let name = vmi.name_any();
-        let span = tracing::info_span!("vmi", namespace = %vmi.namespace().unwrap_or_default(), %name, uid = %vmi.uid().unwrap_or_default(), node = %node_name);
-        let _enter = span.enter();
-        let phase = status.phase.unwrap_or_default();
-        if !phase.is_final() {
-            tracing::warn!(?threshold, "node unresponsive; failing its VMI");
-            let message = format!("node {node_name} sent no heartbeat within {}s", threshold.as_secs());
-            let mut conditions: Vec<Condition> =
-                status.conditions.iter().filter(|c| c.type_ != "Ready").cloned().collect();
-            conditions.push(Condition {
-                type_: "Ready".into(),
-                status: "False".into(),
-                reason: Some(REASON.into()),
-                message: Some(message),
-                last_probe_time: None,
-                last_transition_time: Some(Time(k8s_openapi::jiff::Timestamp::now())),
-            });
-            let mut transitions = status.phase_transition_timestamps.clone();
-            transitions.push(PhaseTransitionTimestamp {
-                phase: VirtualMachineInstancePhase::Failed,
-                phase_transition_timestamp: Time(k8s_openapi::jiff::Timestamp::now()),
-            });
-            // Tested against what was read: an agent that came back and
-            // wrote meanwhile wins.
+        let span = tracing::info_span!("vmi", namespace = %vmi.namespace().unwrap_or_default(), name = %vmi.name_any(), uid = %vmi.uid().unwrap_or_default(), node = %node_name);
+        // Instrumented, never entered across an await.
+        fail_or_release(client, vmi, &node_name, threshold).instrument(span).await?;
+    }
+    Ok(())
+}
+
+async fn fail_or_release(
+    client: &Client,
+    vmi: &VirtualMachineInstance,
+    node_name: &str,
+    threshold: Duration,
+) -> kube::Result<()> {
+    let status = vmi.status.clone().unwrap_or_default();
+    let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &vmi.namespace().unwrap_or_default());
+    let name = vmi.name_any();
+    let phase = status.phase.unwrap_or_default();
+    if !phase.is_final() {
+        tracing::warn!(?threshold, "node unresponsive; failing its VMI");
+        let message = format!("node {node_name} sent no heartbeat within {}s", threshold.as_secs());
+        let mut conditions: Vec<Condition> = status.conditions.iter().filter(|c| c.type_ != "Ready").cloned().collect();
+        conditions.push(Condition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: Some(REASON.into()),
+            message: Some(message),
+            last_probe_time: None,
+            last_transition_time: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+        });
+        let mut transitions = status.phase_transition_timestamps.clone();
+        transitions.push(PhaseTransitionTimestamp {
+            phase: VirtualMachineInstancePhase::Failed,
+            phase_transition_timestamp: Time(k8s_openapi::jiff::Timestamp::now()),
+        });
+        // Tested against what was read: an agent that came back and
+        // wrote meanwhile wins.
+        let patch = json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": vmi.resource_version()},
+        {"op": "replace", "path": "/status/phase", "value": VirtualMachineInstancePhase::Failed},
+        {"op": "add", "path": "/status/reason", "value": REASON},
+        {"op": "add", "path": "/status/conditions", "value": conditions},
+        {"op": "add", "path": "/status/phaseTransitionTimestamps", "value": transitions},
+        ]);
+        let patch: json_patch::Patch = serde_json::from_value(patch).expect("a well-formed JSON patch");
+        api.patch_status(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
+    } else if vmi.metadata.deletion_timestamp.is_some() && status.reason.as_deref() == Some(REASON) {
+        let list = vmi.finalizers();
+        if list.iter().any(|f| f == VMI_FOREGROUND_FINALIZER) {
+            tracing::info!("removing the finalizer of the unresponsive node");
+            let rest: Vec<&String> = list.iter().filter(|f| *f != VMI_FOREGROUND_FINALIZER).collect();
             let patch = json!([
-                {"op": "test", "path": "/metadata/resourceVersion", "value": vmi.resource_version()},
-                {"op": "replace", "path": "/status/phase", "value": VirtualMachineInstancePhase::Failed},
-                {"op": "add", "path": "/status/reason", "value": REASON},
-                {"op": "add", "path": "/status/conditions", "value": conditions},
-                {"op": "add", "path": "/status/phaseTransitionTimestamps", "value": transitions},
+                {"op": "test", "path": "/metadata/finalizers", "value": list},
+                {"op": "replace", "path": "/metadata/finalizers", "value": rest},
             ]);
             let patch: json_patch::Patch = serde_json::from_value(patch).expect("a well-formed JSON patch");
-            api.patch_status(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
-        } else if vmi.metadata.deletion_timestamp.is_some() && status.reason.as_deref() == Some(REASON) {
-            let list = vmi.finalizers();
-            if list.iter().any(|f| f == VMI_FOREGROUND_FINALIZER) {
-                tracing::info!("removing the finalizer of the unresponsive node");
-                let rest: Vec<&String> = list.iter().filter(|f| *f != VMI_FOREGROUND_FINALIZER).collect();
-                let patch = json!([
-                    {"op": "test", "path": "/metadata/finalizers", "value": list},
-                    {"op": "replace", "path": "/metadata/finalizers", "value": rest},
-                ]);
-                let patch: json_patch::Patch = serde_json::from_value(patch).expect("a well-formed JSON patch");
-                api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
-            }
+            api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
         }
     }
     Ok(())

@@ -50,7 +50,7 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
         // The controller runs by default when VMs run here too; an API-only
         // server (--no-node) is a cluster's API, whose controller may run elsewhere.
         if !args.no_controller && (args.controller || !args.no_node) {
-            tokio::spawn(controller::run(api.client(), args.controller_args.config(), std::future::pending()));
+            tokio::spawn(controller::run_forever(api.client(), args.controller_args.config()));
         }
         if let Some(config) = node_config {
             let node = NodeLoop::new(api.client(), config.clone())

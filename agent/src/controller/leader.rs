@@ -127,6 +127,11 @@ where
                 false
             }
         };
+        if running.as_ref().is_some_and(|task| task.is_finished()) {
+            // The work ended (a panic): a leader that does nothing must not keep the lease idle.
+            tracing::error!(lease = %config.name, "the leader's work ended; starting it again");
+            running = None;
+        }
         if held {
             last_renewal = std::time::Instant::now();
             if running.is_none() {

@@ -92,6 +92,20 @@ pub async fn run(client: Client, config: ControllerConfig, shutdown: impl Future
     tracing::info!("VM controller stopped");
 }
 
+/// Runs the controller for as long as the process lives, starting it again
+/// should it ever panic (a bug elsewhere in the process must not leave VMs
+/// without their controller until a restart).
+pub async fn run_forever(client: Client, config: ControllerConfig) {
+    loop {
+        let task = tokio::spawn(run(client.clone(), config.clone(), std::future::pending()));
+        match task.await {
+            Err(e) if e.is_panic() => tracing::error!(error = %e, "the VM controller panicked; starting it again"),
+            _ => return,
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 /// A spawned task that ends when its owner does (also when the owner is
 /// itself aborted, where code after an `.await` never runs).
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);

@@ -95,9 +95,26 @@ async fn two_controller_replicas_schedule_onto_three_agents_and_fail_over() {
         ];
         agents.push(spawn(&api, &args, &dir.join(format!("{node}.log"))));
     }
-    let controller_args = ["controller", "--lease-namespace", "default", "--heartbeat-threshold", "8"];
-    let mut replicas: Vec<Option<Process>> =
-        (0..2).map(|i| Some(spawn(&api, &controller_args, &dir.join(format!("controller{i}.log"))))).collect();
+    // Each replica serves its probes on a port of its own.
+    let ports: Vec<u16> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let mut replicas: Vec<Option<Process>> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let health = format!("127.0.0.1:{port}");
+            let args = [
+                "controller",
+                "--lease-namespace",
+                "default",
+                "--heartbeat-threshold",
+                "8",
+                "--health-listen",
+                &health,
+            ];
+            Some(spawn(&api, &args, &dir.join(format!("controller{i}.log"))))
+        })
+        .collect();
     let logs = || {
         let mut all = String::new();
         for name in ["controller0", "controller1", "n1", "n2", "n3"] {
@@ -133,6 +150,18 @@ async fn two_controller_replicas_schedule_onto_three_agents_and_fail_over() {
         leader_pid(&lease).filter(|pid| pids.contains(pid))
     })
     .await;
+
+    // Leader and standby alike are live and ready once they reach the API.
+    for port in &ports {
+        for path in ["healthz", "readyz"] {
+            eventually(&format!("{path} on {port}"), &logs, async || {
+                let url = format!("http://127.0.0.1:{port}/{path}");
+                let out = Command::new("curl").args(["-s", "-f", &url]).output().unwrap();
+                (out.status.success() && out.stdout == b"ok").then_some(())
+            })
+            .await;
+        }
+    }
 
     let vms: Api<VirtualMachine> = Api::default_namespaced(client.clone());
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use clap::Args;
 
 use crate::controller::backoff::Backoff;
@@ -38,6 +40,9 @@ pub struct ControllerCmdArgs {
     /// Nodes whose kubevirt.io/heartbeat is older than this many seconds get no new VMIs.
     #[arg(long, value_name = "SECONDS", default_value_t = 300, env = "KVMLET_HEARTBEAT_THRESHOLD")]
     pub heartbeat_threshold: u64,
+    /// Serve /healthz and /readyz on this address (for liveness and readiness probes).
+    #[arg(long, value_name = "ADDR", env = "KVMLET_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub controller: ControllerArgs,
 }
@@ -47,7 +52,24 @@ pub fn main(args: ControllerCmdArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.heartbeat_threshold > 0, "--heartbeat-threshold: must be at least 1 second");
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _health = match args.health_listen {
+            Some(address) => Some(AbortOnDrop(
+                super::health::spawn(address, ready.clone()).await.with_context(|| format!("--health-listen {address}"))?,
+            )),
+            None => None,
+        };
         let client = super::kube_client(args.kubeconfig.as_deref()).await?;
+        // Ready once the API answers: standby replicas are ready too.
+        let readiness = {
+            let (client, ready) = (client.clone(), ready.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                while client.apiserver_version().await.is_err() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            }))
+        };
         let lease = leader::LeaseConfig::new(&args.lease_namespace, &args.lease_name);
         tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
         let config = args.controller.config();
@@ -64,6 +86,7 @@ pub fn main(args: ControllerCmdArgs) -> anyhow::Result<()> {
         };
         super::systemd::notify_ready();
         leader::run_as_leader(client.clone(), lease, work, super::shutdown_signal()).await;
+        drop(readiness);
         anyhow::Ok(())
     })
 }

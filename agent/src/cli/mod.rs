@@ -4,6 +4,7 @@ mod agent;
 mod controller;
 mod debug;
 mod firmware_dump;
+mod health;
 mod nocloud;
 mod node_args;
 mod run;

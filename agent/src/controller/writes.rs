@@ -185,3 +185,48 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proto::kubevirt::{TemplateMeta, VirtualMachineInstanceTemplateSpec, VirtualMachineSpec};
+
+    use super::*;
+
+    #[test]
+    fn the_vmi_carries_the_template_and_the_vm_as_its_controller() {
+        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        let annotations = BTreeMap::from([("note".to_string(), "x".to_string())]);
+        let mut vm = VirtualMachine::new(
+            "web",
+            VirtualMachineSpec {
+                run_strategy: Some(proto::kubevirt::RunStrategy::Always),
+                template: VirtualMachineInstanceTemplateSpec {
+                    metadata: Some(TemplateMeta {
+                        labels: Some(labels.clone()),
+                        annotations: Some(annotations.clone()),
+                        creation_timestamp: None,
+                    }),
+                    spec: Default::default(),
+                },
+                ..Default::default()
+            },
+        );
+        vm.metadata.namespace = Some("ns".into());
+        vm.metadata.uid = Some("vm-uid".into());
+        vm.spec.template.spec.hostname = Some("h".into());
+        let vmi = instance_of(&vm);
+        assert_eq!((vmi.name_any(), vmi.namespace()), ("web".to_string(), Some("ns".to_string())));
+        assert_eq!(vmi.metadata.labels, Some(labels));
+        assert_eq!(vmi.metadata.annotations, Some(annotations));
+        assert_eq!(vmi.spec, vm.spec.template.spec);
+        let owner = &vmi.owner_references()[0];
+        assert_eq!(
+            (owner.api_version.as_str(), owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("kubevirt.io/v1", "VirtualMachine", "web", "vm-uid")
+        );
+        assert_eq!((owner.controller, owner.block_owner_deletion), (Some(true), Some(true)));
+        assert_eq!(vmi.finalizers(), [VM_CONTROLLER_FINALIZER]);
+    }
+}

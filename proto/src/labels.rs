@@ -12,3 +12,5 @@ pub const VM_CONTROLLER_FINALIZER: &str = "kubevirt.io/virtualMachineControllerF
 pub const VMI_FOREGROUND_FINALIZER: &str = "kubevirt.io/foregroundDeleteVirtualMachine";
 /// Default termination grace period, as in KubeVirt.
 pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
+/// On a VMI: the generation of the VM whose template it was made from.
+pub const VM_GENERATION_ANNOTATION: &str = "kubevirt.io/vm-generation";

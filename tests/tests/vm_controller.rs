@@ -270,17 +270,26 @@ async fn user_guide_walkthrough_start_restart_stop() {
     // A template change waits for a restart, which keeps the identity.
     let patch = r#"[{"op":"replace","path":"/spec/template/spec/domain/firmware/kernelBoot/kernelArgs","value":"probe.action=wait probe.generation=2"}]"#;
     k_retry(&api, &["patch", "vm", "vm-cirros", "--type", "json", "-p", patch]);
-    wait_vm(&apis, &api, "vm-cirros", "RestartRequired", |vm| {
+    let stale = wait_vm(&apis, &api, "vm-cirros", "RestartRequired", |vm| {
         condition(vm, "RestartRequired").as_deref() == Some("True")
     })
     .await;
+    let generations = |vm: &VirtualMachine| {
+        let status = vm.status.clone().unwrap_or_default();
+        (status.observed_generation, status.desired_generation)
+    };
+    let (observed, desired) = generations(&stale);
+    assert!(observed < desired && desired == stale.metadata.generation, "{observed:?} {desired:?}");
     kvmlet_ok(&api, &["restart", "vm-cirros"]);
     let second = wait_vmi(&apis, &api, "vm-cirros", Phase::Running, first.uid().as_deref()).await;
     let args =
         second.spec.domain.firmware.as_ref().and_then(|f| f.kernel_boot.as_ref()).and_then(|k| k.kernel_args.clone());
     assert_eq!(args.as_deref(), Some("probe.action=wait probe.generation=2"), "the new template took effect");
     assert_eq!(smbios_identity(&api, &second).await, (uuid, serial), "a restart keeps the firmware identity");
-    wait_vm(&apis, &api, "vm-cirros", "without RestartRequired", |vm| condition(vm, "RestartRequired").is_none()).await;
+    let current =
+        wait_vm(&apis, &api, "vm-cirros", "without RestartRequired", |vm| condition(vm, "RestartRequired").is_none())
+            .await;
+    assert_eq!(generations(&current), (current.metadata.generation, current.metadata.generation));
 
     kvmlet_ok(&api, &["stop", "vm-cirros", "--grace-period", "0"]);
     wait_vmi_gone(&apis, &api, "vm-cirros").await;

@@ -4,10 +4,12 @@
 //! the VMI's own, copied).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use proto::kubevirt::{
     Condition, RunStrategy, StartFailure, VirtualMachine, VirtualMachineInstance, VirtualMachineInstancePhase,
     VirtualMachineStatus,
 };
+use proto::labels::VM_GENERATION_ANNOTATION;
 use serde_json::{json, Map, Value};
 
 use super::backoff;
@@ -149,6 +151,11 @@ pub fn compute(inputs: &Inputs) -> VirtualMachineStatus {
         run_strategy: if recorded { Some(inputs.strategy) } else { old.run_strategy },
         conditions: conditions(inputs, &old.conditions),
         start_failure: inputs.start_failure.clone(),
+        desired_generation: inputs.vm.metadata.generation,
+        observed_generation: vmi
+            .and_then(|v| v.annotations().get(VM_GENERATION_ANNOTATION))
+            .and_then(|g| g.parse().ok())
+            .or(old.observed_generation),
         ..old
     }
 }
@@ -156,7 +163,16 @@ pub fn compute(inputs: &Inputs) -> VirtualMachineStatus {
 /// A merge patch from `old` to `new` for the fields the controller owns,
 /// or None when nothing changed.
 pub fn merge_patch(old: &VirtualMachineStatus, new: &VirtualMachineStatus) -> Option<Value> {
-    const OWNED: [&str; 6] = ["created", "ready", "printableStatus", "runStrategy", "conditions", "startFailure"];
+    const OWNED: [&str; 8] = [
+        "created",
+        "ready",
+        "printableStatus",
+        "runStrategy",
+        "conditions",
+        "startFailure",
+        "observedGeneration",
+        "desiredGeneration",
+    ];
     let old = serde_json::to_value(old).unwrap_or_default();
     let new = serde_json::to_value(new).unwrap_or_default();
     let mut patch = Map::new();

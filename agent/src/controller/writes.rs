@@ -10,7 +10,7 @@ use kube::{Client, Resource, ResourceExt};
 use proto::kubevirt::{
     Firmware, StateChangeRequest, VirtualMachine, VirtualMachineInstance, VirtualMachineStatus, API_VERSION,
 };
-use proto::labels::VM_CONTROLLER_FINALIZER;
+use proto::labels::{VM_CONTROLLER_FINALIZER, VM_GENERATION_ANNOTATION};
 use serde_json::{json, Value};
 
 pub struct Writer {
@@ -40,6 +40,10 @@ pub fn instance_of(vm: &VirtualMachine) -> VirtualMachineInstance {
     if let Some(meta) = &template.metadata {
         vmi.metadata.labels = meta.labels.clone();
         vmi.metadata.annotations = meta.annotations.clone();
+    }
+    // Which template this is: the VM's status reports it as observedGeneration.
+    if let Some(generation) = vm.metadata.generation {
+        vmi.annotations_mut().insert(VM_GENERATION_ANNOTATION.into(), generation.to_string());
     }
     vmi.metadata.owner_references = Some(vec![owner_reference(vm)]);
     vmi.metadata.finalizers = Some(vec![VM_CONTROLLER_FINALIZER.into()]);
@@ -219,7 +223,11 @@ mod tests {
         let vmi = instance_of(&vm);
         assert_eq!((vmi.name_any(), vmi.namespace()), ("web".to_string(), Some("ns".to_string())));
         assert_eq!(vmi.metadata.labels, Some(labels));
-        assert_eq!(vmi.metadata.annotations, Some(annotations));
+        assert_eq!(vmi.metadata.annotations, Some(annotations.clone()));
+        vm.metadata.generation = Some(3);
+        let mut with_generation = annotations;
+        with_generation.insert(VM_GENERATION_ANNOTATION.into(), "3".into());
+        assert_eq!(instance_of(&vm).metadata.annotations, Some(with_generation));
         assert_eq!(vmi.spec, vm.spec.template.spec);
         let owner = &vmi.owner_references()[0];
         assert_eq!(

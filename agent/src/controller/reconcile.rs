@@ -93,9 +93,9 @@ async fn sync(vm: &VirtualMachine, ctx: &Context) -> Result<Action, ControllerEr
         Instance::Absent => None,
         Instance::Ours(vmi) => Some(vmi),
         Instance::Orphan(vmi) if vmi.metadata.deletion_timestamp.is_none() => {
-            // The cached VM may predate an orphaning delete (which first
-            // strips the owner reference, then marks the VM): adopt only
-            // what a fresh read says is still a live VM of this UID.
+            // The cached VM may predate a delete (an orphaning one strips
+            // the VMI's owner reference right after marking the VM): adopt
+            // only for what a fresh read says is still a live VM of this UID.
             let vms: Api<VirtualMachine> = Api::namespaced(w.client.clone(), &vm.namespace().unwrap_or_default());
             let fresh = vms.get_opt(&vm.name_any()).await?;
             if !fresh.is_some_and(|f| f.uid() == vm.uid() && f.metadata.deletion_timestamp.is_none()) {

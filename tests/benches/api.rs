@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::{require_tool, workspace_root};
+use e2e::bench::percentile;
+use e2e::require_tool;
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -27,11 +28,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() - 1) as f64 * p).round() as usize]
 }
 
 struct Figures {
@@ -87,19 +83,12 @@ async fn client_for(server: &str) -> Client {
 }
 
 fn start_kvmlet(dir: &std::path::Path) -> (Killed, String) {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", "kvmlet-agent", "--bin", "kvmlet"])
-        .current_dir(workspace_root())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or(workspace_root().join("target"));
     let child = Killed(
-        Command::new(target.join("release/kvmlet"))
+        Command::new(e2e::bench::release_kvmlet())
             .arg("standalone")
             .arg("--data-dir")
             .arg(dir)
+            .arg("--no-node")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

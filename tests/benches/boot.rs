@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{probe, require_tool, workspace_root};
+use e2e::bench::{ms, percentile, release_kvmlet};
+use e2e::{probe, require_tool};
 
 const MEMORY_MIB: u64 = 128;
 
@@ -131,11 +132,6 @@ fn guest_ram_resident_kib(pid: u32) -> u64 {
     best.map(|(_, rss)| rss).unwrap_or_else(|| panic!("no guest RAM mapping of {guest_kib} KiB in pid {pid}"))
 }
 
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() - 1) as f64 * p).round() as usize]
-}
-
 struct Figures {
     first_byte_p50: Duration,
     first_byte_p90: Duration,
@@ -161,23 +157,8 @@ fn measure(vmm: &dyn Vmm, image: &Path, runs: usize) -> Figures {
     }
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn mib(kib: u64) -> String {
     format!("{:.2} MiB", kib as f64 / 1024.0)
-}
-
-fn release_kvmlet() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", "kvmlet-agent", "--bin", "kvmlet"])
-        .current_dir(workspace_root())
-        .status()
-        .expect("cargo build --release");
-    assert!(status.success());
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(workspace_root().join("target"));
-    target.join("release/kvmlet")
 }
 
 fn main() {

@@ -190,4 +190,31 @@ mod tests {
             vms.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|v| v.metadata.name).collect();
         assert_eq!(left, ["db-1"]);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_patches_without_a_resource_version_all_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = EmbeddedApi::open(dir.path()).unwrap();
+        let vms: Api<VirtualMachine> = Api::default_namespaced(api.client());
+        vms.create(&PostParams::default(), &vm("raced")).await.unwrap();
+        let writers = (0..8).map(|writer| {
+            let vms = vms.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    let patch = serde_json::json!({"metadata": {"labels": {format!("w{writer}-{i}"): "x"}}});
+                    vms.patch("raced", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+                }
+            })
+        });
+        for writer in writers.collect::<Vec<_>>() {
+            writer.await.unwrap();
+        }
+        let labels = vms.get("raced").await.unwrap().metadata.labels.unwrap();
+        assert_eq!(labels.len(), 80, "no patch lost or refused");
+
+        // A patch that pins a stale resourceVersion still gets its 409.
+        let stale = serde_json::json!({"metadata": {"resourceVersion": "1", "labels": {"late": "x"}}});
+        let error = vms.patch("raced", &PatchParams::default(), &Patch::Merge(&stale)).await.unwrap_err();
+        assert!(matches!(error, kube::Error::Api(ref s) if s.code == 409), "{error}");
+    }
 }

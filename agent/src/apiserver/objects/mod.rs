@@ -17,7 +17,6 @@ use super::admission;
 use super::events;
 use super::gc;
 use super::openapi;
-use super::patch;
 use super::resources::{Resource, RESOURCES};
 use super::status::ApiError;
 use super::store::{ObjectKey, Scope, Store};
@@ -25,7 +24,9 @@ use super::table;
 use super::watch::{self, WatchRequest};
 
 mod apply;
+mod patching;
 use apply::{server_side_apply, APPLY_PATCH};
+use patching::{apply_patch, patch_pins_resource_version, PatchLock, PATCH_ATTEMPTS};
 
 pub type Shared = Arc<Store>;
 
@@ -518,34 +519,27 @@ async fn handle(
             }
             Method::PATCH if apply => server_side_apply(&store, &target, &name, parse_stored(&body)?, &query, strict),
             Method::PATCH => {
-                let current = get(&store, &target, &name)?;
                 let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
                 let patch_body = parse_body(&body)?;
-                // Patches apply to the object as the client sees it.
-                let shown = if events_view { events::from_core(current.clone()) } else { current.clone() };
-                let mut patched = shown.clone();
-                if content_type.starts_with("application/json-patch+json") {
-                    patched = patch::json_patch(&shown, &patch_body).map_err(|e| match e {
-                        patch::JsonPatchError::TestFailed(..) => ApiError::conflict(&target.what(), &name),
-                        other => {
-                            ApiError::invalid(target.resource.kind, &name, vec![("patch".into(), other.to_string())])
-                        }
-                    })?;
-                } else if content_type.starts_with("application/merge-patch+json")
-                    || content_type.starts_with("application/strategic-merge-patch+json")
-                {
-                    patch::merge(&mut patched, &patch_body);
-                } else {
-                    return Err(ApiError {
-                        code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        reason: "UnsupportedMediaType",
-                        message: format!("the patch type {content_type} is not supported"),
-                        causes: vec![],
-                        subject: None,
-                    });
+                // As the real API server does: a patch that names no
+                // resourceVersion is re-applied to the newer object when a
+                // concurrent write wins the race, instead of failing with 409.
+                let pinned = patch_pins_resource_version(content_type, &patch_body);
+                let lock = PatchLock::new(target.key(&name));
+                let _turn = lock.hold();
+                let mut attempts = 0;
+                loop {
+                    let current = get(&store, &target, &name)?;
+                    // Patches apply to the object as the client sees it.
+                    let shown = if events_view { events::from_core(current.clone()) } else { current.clone() };
+                    let patched = apply_patch(&shown, content_type, &patch_body, &target, &name)?;
+                    let patched = if events_view { events::to_core(patched) } else { patched };
+                    attempts += 1;
+                    match update(&store, &target, &name, current, patched, strict) {
+                        Err(e) if e.code == StatusCode::CONFLICT && !pinned && attempts < PATCH_ATTEMPTS => continue,
+                        result => break result,
+                    }
                 }
-                let patched = if events_view { events::to_core(patched) } else { patched };
-                update(&store, &target, &name, current, patched, strict)
             }
             Method::DELETE => delete(&store, &target, &name, &body, &query),
             _ => Err(ApiError {

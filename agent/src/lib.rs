@@ -4,6 +4,7 @@
 pub mod apiserver;
 pub mod cli;
 pub mod controller;
+pub mod metrics;
 pub mod node;
 pub mod nodesock;
 pub mod vmprocess;

@@ -584,3 +584,25 @@ fn crd_schema_rejects_unknown_fields_and_wrong_types() {
         );
     }
 }
+
+/// The command lines the DaemonSet and the Deployment run are ones kvmlet
+/// accepts (clap rejects an unknown flag before it reaches `--help`).
+#[test]
+fn manifest_command_lines_are_accepted_by_kvmlet() {
+    let docs = all_documents();
+    for (kind, name) in [("DaemonSet", "kvmlet-agent"), ("Deployment", "kvmlet-controller")] {
+        let spec = pod_spec(&docs, kind, name);
+        let container = &spec["containers"][0];
+        let mut command = Command::new(e2e::kvmlet_bin());
+        command.args(args(container)).arg("--help");
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{kind} {name}: kvmlet refuses its arguments {:?}: {}",
+            args(container),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new(e2e::kvmlet_bin()).args(["agent", "--no-such-flag", "--help"]).output().unwrap();
+    assert!(!out.status.success(), "an unknown flag is refused even with --help");
+}

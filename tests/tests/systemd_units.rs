@@ -150,16 +150,17 @@ fn vms_survive_agent_restarts_and_kvm_is_reachable() {
         assert!(one(&service, unit, "ExecStart").starts_with(INSTALLED_BIN), "{unit}");
     }
     let agent = settings(&unit_text("kvmlet-agent.service"), "Service");
-    // The agent reports readiness and feeds the watchdog (sd_notify); standalone
-    // does not notify yet, and a notify unit that never does would fail to start.
+    // Both report readiness and feed the watchdog (sd_notify; tests/tests/operability.rs
+    // checks that the processes really send READY=1 and WATCHDOG=1).
     assert_eq!(one(&agent, "agent", "Type"), "notify");
     assert_eq!(one(&agent, "agent", "NotifyAccess"), "main");
     assert_eq!(one(&agent, "agent", "WatchdogSec"), "30s");
     assert_eq!(one(&agent, "agent", "ExecStart"), format!("{INSTALLED_BIN} agent"));
     assert_eq!(agent["EnvironmentFile"], ["-/etc/kvmlet/agent.env"]);
     let standalone = settings(&unit_text("kvmlet-standalone.service"), "Service");
-    assert_eq!(one(&standalone, "standalone", "Type"), "exec");
-    assert!(!standalone.contains_key("WatchdogSec"), "standalone feeds no watchdog yet");
+    assert_eq!(one(&standalone, "standalone", "Type"), "notify");
+    assert_eq!(one(&standalone, "standalone", "NotifyAccess"), "main");
+    assert_eq!(one(&standalone, "standalone", "WatchdogSec"), "30s");
     assert_eq!(
         one(&standalone, "standalone", "ExecStart"),
         format!("{INSTALLED_BIN} standalone --data-dir /var/lib/kvmlet/standalone")

@@ -16,6 +16,9 @@ pub struct AgentArgs {
     /// Kubeconfig (else KUBECONFIG, ~/.kube/config, or the in-cluster service account).
     #[arg(long, value_name = "FILE", env = "KVMLET_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Serve /healthz, /readyz and /metrics on this address.
+    #[arg(long, value_name = "ADDR", env = "KVMLET_HEALTH_LISTEN")]
+    pub health_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -24,7 +27,10 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
     let config = args.node.config()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _health = super::health::serve_optional(args.health_listen, ready.clone()).await?;
         let client = super::kube_client(args.kubeconfig.as_deref()).await?;
+        let _readiness = crate::controller::AbortOnDrop(super::health::ready_when_api_answers(client.clone(), ready));
         let node =
             NodeLoop::new(client, config.clone()).with_context(|| format!("--run-dir {}", config.run_dir.display()))?;
         let socket = config.run_dir.join(nodesock::SOCKET_NAME);

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-
 use clap::Args;
 
 use crate::controller::backoff::Backoff;
@@ -40,7 +38,7 @@ pub struct ControllerCmdArgs {
     /// Nodes whose kubevirt.io/heartbeat is older than this many seconds get no new VMIs.
     #[arg(long, value_name = "SECONDS", default_value_t = 300, env = "KVMLET_HEARTBEAT_THRESHOLD")]
     pub heartbeat_threshold: u64,
-    /// Serve /healthz and /readyz on this address (for liveness and readiness probes).
+    /// Serve /healthz, /readyz (liveness and readiness probes) and /metrics on this address.
     #[arg(long, value_name = "ADDR", env = "KVMLET_HEALTH_LISTEN")]
     pub health_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
@@ -53,23 +51,10 @@ pub fn main(args: ControllerCmdArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let _health = match args.health_listen {
-            Some(address) => Some(AbortOnDrop(
-                super::health::spawn(address, ready.clone()).await.with_context(|| format!("--health-listen {address}"))?,
-            )),
-            None => None,
-        };
+        let _health = super::health::serve_optional(args.health_listen, ready.clone()).await?;
         let client = super::kube_client(args.kubeconfig.as_deref()).await?;
         // Ready once the API answers: standby replicas are ready too.
-        let readiness = {
-            let (client, ready) = (client.clone(), ready.clone());
-            AbortOnDrop(tokio::spawn(async move {
-                while client.apiserver_version().await.is_err() {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                ready.store(true, std::sync::atomic::Ordering::Relaxed);
-            }))
-        };
+        let readiness = AbortOnDrop(super::health::ready_when_api_answers(client.clone(), ready));
         let lease = leader::LeaseConfig::new(&args.lease_namespace, &args.lease_name);
         tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
         let config = args.controller.config();

@@ -14,6 +14,8 @@ use proto::node::{VmDetail, VmSummary};
 use crate::nodesock::client::{vm_path, NodeClient};
 use crate::nodesock::SOCKET_NAME;
 
+use super::print_out;
+
 /// Ctrl-] ends `kvmlet console`, as in telnet and virsh.
 const DETACH: u8 = 0x1d;
 
@@ -65,14 +67,6 @@ pub fn ps(args: PsArgs) -> anyhow::Result<()> {
     match args.output {
         Output::Json => print_out(&format!("{}\n", serde_json::to_string_pretty(&vms)?)),
         Output::Table => print_out(&table(&vms)),
-    }
-}
-
-/// Prints to standard output; a reader that went away (`| head`) is not an error.
-fn print_out(text: &str) -> anyhow::Result<()> {
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        result => Ok(result?),
     }
 }
 

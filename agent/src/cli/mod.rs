@@ -60,6 +60,14 @@ pub enum Command {
     Stop(vm_commands::StopArgs),
     /// Restart a VirtualMachine's instance (as virtctl restart).
     Restart(vm_commands::RestartArgs),
+    /// Print kvmlet's version.
+    Version,
+    /// Write a shell completion script to standard output (e.g. `kvmlet completions bash > /etc/bash_completion.d/kvmlet`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run one VM for the node agent (started by the agent, not by hand).
     #[command(hide = true)]
     VmProcess(vm_process::VmProcessArgs),
@@ -69,6 +77,17 @@ impl Command {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self {
             Command::Run(args) => run::main(args),
+            Command::Version => {
+                println!("kvmlet {}", env!("CARGO_PKG_VERSION"));
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "kvmlet", &mut script);
+                print_out(&String::from_utf8_lossy(&script))?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::FirmwareDump(args) => firmware_dump::main(args).map(|()| ExitCode::SUCCESS),
             Command::Nocloud(args) => nocloud::main(args).map(|()| ExitCode::SUCCESS),
             Command::Standalone(args) => standalone::main(args).map(|()| ExitCode::SUCCESS),
@@ -124,4 +143,13 @@ pub async fn shutdown_signal() {
         _ = terminate.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+/// Prints to standard output; a reader that went away (`| head`) is not an error.
+pub(crate) fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
 }

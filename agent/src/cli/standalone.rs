@@ -32,6 +32,9 @@ pub struct StandaloneArgs {
     /// Run the VM controller even with --no-node (by default it runs with the node loop).
     #[arg(long)]
     pub controller: bool,
+    /// Serve /healthz, /readyz and /metrics on this address.
+    #[arg(long, value_name = "ADDR", env = "KVMLET_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub controller_args: ControllerArgs,
     #[command(flatten)]
@@ -44,6 +47,8 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
     let node_config = (!args.no_node).then(|| args.node.config()).transpose()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _health = super::health::serve_optional(args.health_listen, ready.clone()).await?;
         let api = EmbeddedApi::open(&args.data_dir)?;
         // The loops next to the API use an in-process kube::Client through
         // the same handlers kubectl reaches.
@@ -71,6 +76,9 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
         server::write_kubeconfig(&kubeconfig, &format!("https://{address}"), &tls.ca_pem, &token)?;
         let socket = args.data_dir.join("api.sock");
         tracing::info!(%address, socket = %socket.display(), kubeconfig = %kubeconfig.display(), "API ready");
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        super::systemd::notify_ready();
+        let _watchdog = crate::controller::AbortOnDrop(tokio::spawn(super::systemd::watchdog()));
         server::serve(api.router(), &socket, tcp, tls.acceptor, token).await?;
         anyhow::Ok(())
     })

@@ -63,6 +63,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
 }
 
 pub fn error_policy(vm: Arc<VirtualMachine>, error: &ControllerError, _ctx: Arc<Context>) -> Action {
+    crate::metrics::global().reconcile_error("vm-controller");
     tracing::debug!(namespace = ?vm.namespace(), name = %vm.name_any(), uid = ?vm.uid(), %error, "sync failed; retrying");
     // Conflicts are the common case (someone wrote first): retry soon.
     Action::requeue(Duration::from_millis(500))

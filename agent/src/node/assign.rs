@@ -23,7 +23,7 @@ pub async fn run(client: Client, node_name: String) {
             }
         };
         if let Err(e) = assign(&client, &vmi, &node_name).await {
-            tracing::warn!(namespace = ?vmi.namespace(), name = %vmi.name_any(), uid = ?vmi.uid(), error = %e, "cannot assign the VMI");
+            tracing::warn!(namespace = ?vmi.namespace(), vmi = %vmi.name_any(), uid = ?vmi.uid(), error = %e, "cannot assign the VMI");
         }
     }
 }
@@ -47,6 +47,6 @@ async fn assign(client: &Client, vmi: &VirtualMachineInstance, node_name: &str) 
     }
     let patch = json!({"metadata": {"labels": {NODE_NAME_LABEL: node_name}}});
     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    tracing::info!(namespace = ?vmi.namespace(), %name, uid = ?vmi.uid(), node = node_name, "VMI scheduled");
+    tracing::info!(namespace = ?vmi.namespace(), vmi = %name, uid = ?vmi.uid(), node = node_name, "VMI scheduled");
     Ok(())
 }

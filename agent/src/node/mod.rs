@@ -7,6 +7,9 @@
 //! - `vms`: the table of VM processes, watched over their control sockets.
 //! - `reconcile`: one VMI and its VM process brought in line.
 //! - `report`: status, finalizer and events written back.
+//!
+//! Every log line about a VM carries `namespace`, `vmi` (its name; `name` is
+//! taken by the span's own name in JSON logs) and `uid`.
 
 pub mod assign;
 mod disks;
@@ -99,6 +102,7 @@ impl NodeLoop {
         let (poke, pokes) = mpsc::unbounded_channel();
         let vms = VmTable::new(poke);
         vms.attach_all(&config.run_dir);
+        crate::metrics::global().add_collector(crate::metrics::vm::collector(vms.clone(), config.node_name.clone()));
         let reporter = report::VmiReporter::new(client.clone(), &config.node_name);
         Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter }), pokes })
     }
@@ -187,7 +191,7 @@ async fn sweep_orphans(ctx: Arc<NodeContext>, store: Store<VirtualMachineInstanc
                 }
             }
             let span =
-                tracing::info_span!("vmi", namespace = %identity.namespace, name = %identity.name, uid = %identity.uid);
+                tracing::info_span!("vmi", namespace = %identity.namespace, vmi = %identity.name, uid = %identity.uid);
             // Instrumented, not entered: an entered span must not be held across an await.
             async {
                 match entry.process {

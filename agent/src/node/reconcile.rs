@@ -46,7 +46,7 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<NodeContext>) 
     }
     let namespace = vmi.namespace().unwrap_or_default();
     let name = vmi.name_any();
-    let span = tracing::info_span!("vmi", %namespace, %name, %uid);
+    let span = tracing::info_span!("vmi", %namespace, vmi = %name, %uid);
     // Instrumented, not entered: an entered span held across an await
     // corrupts the worker thread's span stack (and panics other tasks).
     async move {
@@ -77,6 +77,7 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<NodeContext>) 
 }
 
 pub fn error_policy(_vmi: Arc<VirtualMachineInstance>, error: &NodeError, _ctx: Arc<NodeContext>) -> Action {
+    crate::metrics::global().reconcile_error("node");
     tracing::warn!(%error, "reconcile failed; retrying");
     Action::requeue(Duration::from_millis(500))
 }
@@ -168,6 +169,10 @@ async fn sync(
                 let change = PhaseChange { phase: Phase::Running, reason: None, message: None, ready: true };
                 ctx.reporter.phase(vmi, &change).await?;
                 set_phase(ctx, &entry, Phase::Running);
+                if let Some(created) = &vmi.metadata.creation_timestamp {
+                    let seconds = k8s_openapi::jiff::Timestamp::now().duration_since(created.0).as_secs_f64();
+                    crate::metrics::global().vmi_started(seconds.max(0.0));
+                }
                 ctx.reporter.event(vmi, EventType::Normal, "Started", "the guest is running".into()).await;
             }
             Ok(Action::await_change())

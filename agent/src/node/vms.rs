@@ -135,7 +135,7 @@ impl VmTable {
             let alive = dir.is_locked();
             let process = if alive { Process::Starting } else { Process::Exited(dir.read_exit()) };
             let VmIdentity { namespace, name, uid } = &record.identity;
-            tracing::info!(%namespace, %name, %uid, alive, pid = ?dir.read_pid(), "re-attached to a VM");
+            tracing::info!(%namespace, vmi = %name, %uid, alive, pid = ?dir.read_pid(), "re-attached to a VM");
             self.insert(record, dir.clone(), dir.read_pid(), process);
             if alive {
                 self.watch(dir, false);

@@ -64,7 +64,7 @@ pub fn run(dir: &StateDir) -> Result<VmExit, VmProcessError> {
     let _lock = dir.take_lock().map_err(fail)?;
     let record = dir.read_record().map_err(fail)?;
     let VmIdentity { namespace, name, uid } = &record.identity;
-    let span = tracing::info_span!("vm", %namespace, %name, %uid);
+    let span = tracing::info_span!("vm", %namespace, vmi = %name, %uid);
     let _enter = span.enter();
     let pid = std::process::id();
     std::fs::write(dir.pid(), format!("{pid}\n")).map_err(fail)?;

@@ -162,3 +162,13 @@ pub fn kill_vm_processes(run_dir: &Path) {
         }
     }
 }
+
+/// Kills the VM processes under a run directory when dropped, so a failing
+/// test leaves none behind.
+pub struct VmReaper(pub PathBuf);
+
+impl Drop for VmReaper {
+    fn drop(&mut self) {
+        kill_vm_processes(&self.0);
+    }
+}

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::node::*;
-use e2e::standalone::{kill_vm_processes, Standalone};
+use e2e::standalone::{Standalone, VmReaper};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use proto::kubevirt::{VirtualMachineInstance, VirtualMachineInstancePhase as Phase};
@@ -94,6 +94,7 @@ async fn agent_registers_its_node_runs_its_vmis_and_survives_a_restart() {
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
     let dirs = tempfile::tempdir().unwrap();
     let run_dir = dirs.path().join("n1");
+    let _reaper = VmReaper(run_dir.clone());
 
     let agent = Agent::start(&api, "n1", &run_dir);
     let node = wait_node(&nodes, "n1", "schedulable", |n| label(n, "kubevirt.io/schedulable") == Some("true")).await;
@@ -134,7 +135,6 @@ async fn agent_registers_its_node_runs_its_vmis_and_survives_a_restart() {
     vmis.delete("mine", &DeleteParams::default()).await.unwrap();
     wait_gone(&vmis, &api, "mine").await;
     assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() || is_zombie(pid));
-    kill_vm_processes(&run_dir);
 }
 
 fn is_zombie(pid: i32) -> bool {
@@ -152,6 +152,7 @@ async fn the_api_going_away_does_not_stop_vms_and_the_agent_catches_up() {
     let mut api = Standalone::start();
     let dirs = tempfile::tempdir().unwrap();
     let run_dir = dirs.path().join("n1");
+    let _reaper = VmReaper(run_dir.clone());
     let _agent = Agent::start(&api, "n1", &run_dir);
     let client = api.client().await;
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
@@ -176,7 +177,6 @@ async fn the_api_going_away_does_not_stop_vms_and_the_agent_catches_up() {
     wait_gone(&vmis, &api, "steady").await;
     vmis.delete("after", &DeleteParams::default()).await.unwrap();
     wait_gone(&vmis, &api, "after").await;
-    kill_vm_processes(&run_dir);
 }
 
 #[tokio::test]
@@ -184,6 +184,7 @@ async fn vm_processes_whose_vmi_is_gone_are_stopped_and_cleaned_up() {
     let api = Standalone::start();
     let dirs = tempfile::tempdir().unwrap();
     let run_dir = dirs.path().join("n1");
+    let _reaper = VmReaper(run_dir.clone());
     let agent = Agent::start(&api, "n1", &run_dir);
     let client = api.client().await;
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
@@ -233,6 +234,7 @@ async fn vm_processes_move_into_the_cgroup_parent() {
     let api = Standalone::start();
     let dirs = tempfile::tempdir().unwrap();
     let run_dir = dirs.path().join("n1");
+    let _reaper = VmReaper(run_dir.clone());
     let _agent = Agent::start_with(&api, "n1", &run_dir, &["--cgroup-parent", parent.to_str().unwrap()]);
     let client = api.client().await;
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::standalone::{kill_vm_processes, Standalone};
+use e2e::standalone::{Standalone, VmReaper};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -77,6 +77,7 @@ async fn eventually<T>(what: &str, logs: &dyn Fn() -> String, mut check: impl As
 async fn two_controller_replicas_schedule_onto_three_agents_and_fail_over() {
     let api = Standalone::start();
     let dir = api.data_dir().to_path_buf();
+    let _reapers: Vec<VmReaper> = ["n1", "n2", "n3"].iter().map(|node| VmReaper(dir.join(node))).collect();
     let probe = e2e::probe().bzimage.to_string_lossy().into_owned();
     let mut agents = Vec::new();
     for node in ["n1", "n2", "n3"] {
@@ -245,7 +246,4 @@ async fn two_controller_replicas_schedule_onto_three_agents_and_fail_over() {
     .await;
     drop(replicas);
     drop(agents);
-    for node in ["n1", "n2", "n3"] {
-        kill_vm_processes(&dir.join(node));
-    }
 }

@@ -82,7 +82,11 @@ pub async fn run(client: Client, config: ControllerConfig, shutdown: impl Future
             Some(ObjectRef::<VirtualMachine>::new(&vmi.name_any()).within(&namespace))
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .run(
+            |vm, ctx| crate::metrics::timed("vm-controller", reconcile::reconcile(vm, ctx)),
+            reconcile::error_policy,
+            ctx,
+        )
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "VM controller");

@@ -9,16 +9,19 @@
 //! | `kubevirt_vmi_storage_read_traffic_bytes_total`, `..._write_...` | block I/O of the VM process (`/proc/PID/io`) |
 //! | `kvmlet_vmi_start_seconds` (histogram) | VMI created → the node reports it `Running` |
 //! | `kvmlet_reconcile_errors_total{loop}` | failed reconciles, by control loop |
+//! | `kvmlet_reconciles_total{loop}`, `kvmlet_reconcile_cpu_seconds_total{loop}` | reconciles and the CPU time their own code took |
 //!
 //! One registry per process ([`global`]): the loops record into it and the
 //! health server renders it on `/metrics`.
 
+mod cpu;
 mod encode;
 pub mod vm;
 
 use std::collections::BTreeMap;
 use std::sync::{LazyLock, Mutex};
 
+pub use cpu::timed;
 pub use encode::Encoder;
 
 /// Upper bounds of the start-latency buckets, in seconds.
@@ -37,6 +40,8 @@ struct Histogram {
 #[derive(Default)]
 pub struct Registry {
     reconcile_errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Reconciles and their CPU seconds, by control loop.
+    reconciles: Mutex<BTreeMap<&'static str, (u64, f64)>>,
     start_seconds: Mutex<Histogram>,
     collectors: Mutex<Vec<Collector>>,
 }
@@ -51,6 +56,14 @@ impl Registry {
     /// A reconcile of `control_loop` ("node", "vm-controller") failed.
     pub fn reconcile_error(&self, control_loop: &'static str) {
         *self.reconcile_errors.lock().unwrap_or_else(|p| p.into_inner()).entry(control_loop).or_default() += 1;
+    }
+
+    /// A reconcile of `control_loop` ran, its own polls taking `cpu_seconds`.
+    pub fn reconciled(&self, control_loop: &'static str, cpu_seconds: f64) {
+        let mut reconciles = self.reconciles.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = reconciles.entry(control_loop).or_default();
+        entry.0 += 1;
+        entry.1 += cpu_seconds;
     }
 
     /// A VMI went from created to `Running` in `seconds`.
@@ -75,6 +88,19 @@ impl Registry {
         out.family("kvmlet_reconcile_errors_total", "counter", "Reconciles that failed, by control loop.");
         for (control_loop, count) in self.reconcile_errors.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             out.sample("kvmlet_reconcile_errors_total", &[("loop", control_loop)], *count as f64);
+        }
+        let reconciles = self.reconciles.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        out.family("kvmlet_reconciles_total", "counter", "Reconciles run, by control loop.");
+        for (control_loop, (count, _)) in &reconciles {
+            out.sample("kvmlet_reconciles_total", &[("loop", control_loop)], *count as f64);
+        }
+        out.family(
+            "kvmlet_reconcile_cpu_seconds_total",
+            "counter",
+            "CPU time spent in reconciles' own code (API server work excluded), by control loop.",
+        );
+        for (control_loop, (_, seconds)) in &reconciles {
+            out.sample("kvmlet_reconcile_cpu_seconds_total", &[("loop", control_loop)], *seconds);
         }
         let histogram = self.start_seconds.lock().unwrap_or_else(|p| p.into_inner());
         out.family(

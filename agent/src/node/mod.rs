@@ -126,7 +126,11 @@ impl NodeLoop {
         let sweeper = tokio::spawn(sweep_orphans(ctx.clone(), controller.store()));
         controller
             .graceful_shutdown_on(shutdown)
-            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .run(
+                |vmi, ctx| crate::metrics::timed("node", reconcile::reconcile(vmi, ctx)),
+                reconcile::error_policy,
+                ctx.clone(),
+            )
             .for_each(|result| async move {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "node loop");

@@ -9,15 +9,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase", deny_unknown_fields)]
 pub enum ControlRequest {
+    // Unit-like variants are empty structs so that unknown fields are refused
+    // (serde ignores extra fields next to the tag of a unit variant).
     /// Answer with the current [`VmProcessStatus`].
-    Status,
+    Status {},
     /// Answer with the current status, then again on every change until the
     /// process exits (the connection then closes).
-    Watch,
+    Watch {},
     /// Press the ACPI power button.
-    PowerButton,
+    PowerButton {},
     /// Stop the guest at once.
-    Kill,
+    Kill {},
     /// Bytes typed on the serial console (base64, at most 4 KiB decoded).
     ConsoleInput { data: String },
 }
@@ -121,7 +123,7 @@ mod tests {
     fn control_requests_are_tagged_by_op() {
         let request: ControlRequest = serde_json::from_str(r#"{"op":"consoleInput","data":"aGk="}"#).unwrap();
         assert_eq!(request, ControlRequest::ConsoleInput { data: "aGk=".into() });
-        assert_eq!(serde_json::to_string(&ControlRequest::PowerButton).unwrap(), r#"{"op":"powerButton"}"#);
+        assert_eq!(serde_json::to_string(&ControlRequest::PowerButton {}).unwrap(), r#"{"op":"powerButton"}"#);
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"reformat"}"#).is_err());
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"kill","now":true}"#).is_err());
     }

@@ -6,48 +6,13 @@
 //! `cargo bench -p kvmlet-e2e --bench controller [-- SINGLE_RUNS [BATCH]]`
 //! prints one table next to KubeVirt's published figure (it cannot run here).
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::bench::{ms, percentile, release_kvmlet};
-use e2e::probe;
-use futures::{StreamExt, TryStreamExt};
+use e2e::bench::{ms, percentile, release_kvmlet, running_after, vmi_events, BenchServer};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Client, Config};
-use proto::kubevirt::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstancePhase};
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(kvmlet: &Path, dir: &Path, health: &str) -> Server {
-    let child = Command::new(kvmlet)
-        .arg("standalone")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--node-name", "bench", "--health-listen", health, "--run-dir"])
-        .arg(dir.join("run"))
-        .arg("--default-kernel")
-        .arg(&probe().bzimage)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start kvmlet standalone");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !dir.join("kubeconfig").exists() {
-        assert!(Instant::now() < deadline, "kvmlet standalone did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Server(child)
-}
+use kube::Client;
+use proto::kubevirt::{VirtualMachine, VirtualMachineInstance};
 
 fn vm(name: &str) -> VirtualMachine {
     serde_json::from_value(serde_json::json!({
@@ -68,8 +33,7 @@ fn vm(name: &str) -> VirtualMachine {
 /// Creates the VMs at once; returns each one's VM created → VMI Running latency.
 async fn create_and_wait(client: &Client, names: &[String]) -> Vec<Duration> {
     let vms: Api<VirtualMachine> = Api::default_namespaced(client.clone());
-    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
-    let mut events = watcher(vmis, watcher::Config::default()).applied_objects().boxed();
+    let events = vmi_events(client);
     let start = Instant::now();
     let creates = names.iter().map(|name| {
         let vms = vms.clone();
@@ -77,20 +41,7 @@ async fn create_and_wait(client: &Client, names: &[String]) -> Vec<Duration> {
         async move { vms.create(&PostParams::default(), &vm).await.expect("create VM") }
     });
     futures::future::join_all(creates).await;
-    let mut done: HashMap<String, Duration> = HashMap::new();
-    while done.len() < names.len() {
-        let vmi = tokio::time::timeout(Duration::from_secs(300), events.try_next())
-            .await
-            .expect("VMIs did not reach Running within 5 minutes")
-            .expect("watch")
-            .expect("watch ended");
-        let phase = vmi.status.as_ref().and_then(|s| s.phase);
-        let name = vmi.metadata.name.clone().unwrap();
-        if phase == Some(VirtualMachineInstancePhase::Running) && names.contains(&name) {
-            done.entry(name).or_insert_with(|| start.elapsed());
-        }
-    }
-    done.into_values().collect()
+    running_after(events, names, start).await
 }
 
 async fn delete_all(client: &Client, names: &[String]) {
@@ -130,10 +81,8 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let health =
         format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
-    let _server = start(&kvmlet, dir.path(), &health);
-    let kubeconfig = kube::config::Kubeconfig::read_from(dir.path().join("kubeconfig")).unwrap();
-    let client =
-        Client::try_from(Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap()).unwrap();
+    let server = BenchServer::start(&kvmlet, dir.path(), &["--health-listen", &health]);
+    let client = server.client().await;
 
     let before = controller_counters(&health);
     let mut single = Vec::new();

@@ -6,56 +6,16 @@
 //! `cargo bench -p kvmlet-e2e --bench node [-- SINGLE_RUNS [BATCH]]` prints
 //! one table, next to KubeVirt's published figures (KubeVirt cannot run here).
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::bench::{ms, percentile, release_kvmlet, rss_kib};
+use e2e::bench::{ms, percentile, release_kvmlet, rss_kib, running_after, vmi_events, BenchServer};
 use e2e::node::probe_vmi;
-use e2e::probe;
-use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Client, Config};
-use proto::kubevirt::{VirtualMachineInstance, VirtualMachineInstancePhase};
+use kube::Client;
+use proto::kubevirt::VirtualMachineInstance;
 
 const GUEST_MIB: u64 = 64;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(kvmlet: &Path, dir: &Path) -> Server {
-    let child = Command::new(kvmlet)
-        .arg("standalone")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--node-name", "bench", "--run-dir"])
-        .arg(dir.join("run"))
-        .arg("--default-kernel")
-        .arg(&probe().bzimage)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start kvmlet standalone");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !dir.join("kubeconfig").exists() {
-        assert!(Instant::now() < deadline, "kvmlet standalone did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Server(child)
-}
-
-async fn client(dir: &Path) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(dir.join("kubeconfig")).unwrap();
-    Client::try_from(Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap()).unwrap()
-}
 
 fn vmi(name: &str) -> VirtualMachineInstance {
     let mut vmi = probe_vmi(name, "probe.action=wait", 0);
@@ -73,8 +33,9 @@ fn vmi(name: &str) -> VirtualMachineInstance {
 
 /// Creates `names` at once; returns each one's create → Running latency,
 /// observed through a watch (no polling).
-async fn create_and_wait(api: &Api<VirtualMachineInstance>, names: &[String]) -> Vec<Duration> {
-    let mut running = watcher(api.clone(), watcher::Config::default()).applied_objects().boxed();
+async fn create_and_wait(client: &Client, names: &[String]) -> Vec<Duration> {
+    let api: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    let events = vmi_events(client);
     let start = Instant::now();
     let creates = names.iter().map(|name| {
         let api = api.clone();
@@ -82,23 +43,7 @@ async fn create_and_wait(api: &Api<VirtualMachineInstance>, names: &[String]) ->
         async move { api.create(&PostParams::default(), &vmi).await.expect("create VMI") }
     });
     futures::future::join_all(creates).await;
-    let mut done: HashMap<String, Duration> = HashMap::new();
-    while done.len() < names.len() {
-        let vmi = tokio::time::timeout(Duration::from_secs(120), running.try_next())
-            .await
-            .expect("VMIs did not reach Running within 2 minutes")
-            .expect("watch")
-            .expect("watch ended");
-        let phase = vmi.status.as_ref().and_then(|s| s.phase);
-        if phase == Some(VirtualMachineInstancePhase::Running) {
-            let name = vmi.metadata.name.clone().unwrap();
-            if names.contains(&name) {
-                done.entry(name).or_insert_with(|| start.elapsed());
-            }
-        }
-        assert_ne!(phase, Some(VirtualMachineInstancePhase::Failed), "a VMI failed: {:?}", vmi.status);
-    }
-    done.into_values().collect()
+    running_after(events, names, start).await
 }
 
 async fn delete_all(api: &Api<VirtualMachineInstance>, names: &[String]) {
@@ -133,19 +78,20 @@ async fn main() {
     let batch = numbers.next().unwrap_or(50);
     let kvmlet = release_kvmlet();
     let dir = tempfile::tempdir().unwrap();
-    let server = start(&kvmlet, dir.path());
-    let api: Api<VirtualMachineInstance> = Api::default_namespaced(client(dir.path()).await);
+    let server = BenchServer::start(&kvmlet, dir.path(), &[]);
+    let client = server.client().await;
+    let api: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
 
     let mut single = Vec::new();
     for run in 0..single_runs {
         let names = vec![format!("one-{run}")];
-        single.extend(create_and_wait(&api, &names).await);
+        single.extend(create_and_wait(&client, &names).await);
         delete_all(&api, &names).await;
     }
     let names: Vec<String> = (0..batch).map(|i| format!("many-{i:03}")).collect();
-    let mut many = create_and_wait(&api, &names).await;
+    let mut many = create_and_wait(&client, &names).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let agent_rss = rss_kib(server.0.id()).unwrap();
+    let agent_rss = rss_kib(server.pid()).unwrap();
     let mut vm_rss: Vec<u64> = vm_pids(&dir.path().join("run")).into_iter().filter_map(rss_kib).collect();
     vm_rss.sort();
     assert_eq!(vm_rss.len(), batch, "one VM process per VMI");

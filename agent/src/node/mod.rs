@@ -211,7 +211,7 @@ async fn sweep_orphans(ctx: Arc<NodeContext>, store: Store<VirtualMachineInstanc
                     }
                     _ => {
                         tracing::info!("stopping the VM of a VMI that no longer exists");
-                        if let Err(e) = client::request(&entry.dir, &ControlRequest::Kill).await {
+                        if let Err(e) = client::request(&entry.dir, &ControlRequest::Kill {}).await {
                             tracing::debug!(error = %e, "kill failed");
                         }
                     }

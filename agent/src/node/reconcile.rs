@@ -161,7 +161,7 @@ async fn sync(
         Process::Running if phase.is_final() => {
             // A final VMI whose VM still runs (restored API data, a second
             // agent's mistake): a final phase is never undone, so stop it.
-            request(&entry.dir, ControlRequest::Kill).await;
+            request(&entry.dir, ControlRequest::Kill {}).await;
             Ok(Action::await_change())
         }
         Process::Running => {
@@ -267,12 +267,12 @@ async fn shut_down(
         ctx.vms.update(&uid, |e| e.shutdown = Some(shutdown));
         if grace.is_zero() {
             ctx.reporter.event(vmi, EventType::Normal, "ShuttingDown", "grace period 0: killing the VM".into()).await;
-            request(&entry.dir, ControlRequest::Kill).await;
+            request(&entry.dir, ControlRequest::Kill {}).await;
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
         let note = format!("pressing the power button; the VM is killed after {}s", grace.as_secs());
         ctx.reporter.event(vmi, EventType::Normal, "ShuttingDown", note).await;
-        request(&entry.dir, ControlRequest::PowerButton).await;
+        request(&entry.dir, ControlRequest::PowerButton {}).await;
         return Ok(Action::requeue(POWER_BUTTON_REPEAT.min(grace)));
     };
     let deadline = shutdown.started + shutdown.grace;
@@ -281,11 +281,11 @@ async fn shut_down(
             tracing::info!(grace_seconds = shutdown.grace.as_secs(), "grace period over; killing the VM");
             ctx.vms.update(&uid, |e| e.shutdown.as_mut().unwrap().killed = true);
         }
-        request(&entry.dir, ControlRequest::Kill).await;
+        request(&entry.dir, ControlRequest::Kill {}).await;
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     if now >= shutdown.last_press + POWER_BUTTON_REPEAT {
-        request(&entry.dir, ControlRequest::PowerButton).await;
+        request(&entry.dir, ControlRequest::PowerButton {}).await;
         ctx.vms.update(&uid, |e| e.shutdown.as_mut().unwrap().last_press = now);
     }
     Ok(Action::requeue(POWER_BUTTON_REPEAT.min(deadline - now)))

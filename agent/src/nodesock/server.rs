@@ -100,11 +100,11 @@ async fn control(vms: &VmTable, namespace: &str, name: &str, request: ControlReq
 }
 
 async fn power_button(State(vms): State<VmTable>, UrlPath((namespace, name)): UrlPath<(String, String)>) -> Response {
-    control(&vms, &namespace, &name, ControlRequest::PowerButton).await
+    control(&vms, &namespace, &name, ControlRequest::PowerButton {}).await
 }
 
 async fn kill(State(vms): State<VmTable>, UrlPath((namespace, name)): UrlPath<(String, String)>) -> Response {
-    control(&vms, &namespace, &name, ControlRequest::Kill).await
+    control(&vms, &namespace, &name, ControlRequest::Kill {}).await
 }
 
 async fn console_input(

@@ -67,7 +67,7 @@ impl StatusWatch {
     pub async fn connect(dir: &StateDir, wait_for_start: bool) -> io::Result<StatusWatch> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            match send(dir, &ControlRequest::Watch).await {
+            match send(dir, &ControlRequest::Watch {}).await {
                 Ok(lines) => return Ok(StatusWatch { lines }),
                 Err(e) if wait_for_start && tokio::time::Instant::now() < deadline && dir.is_locked_or_starting() => {
                     tracing::trace!(error = %e, "VM process not ready yet");

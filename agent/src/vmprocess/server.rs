@@ -185,7 +185,7 @@ fn serve(stream: UnixStream, shared: &Shared) -> io::Result<()> {
                 continue;
             }
         };
-        if request == ControlRequest::Watch {
+        if matches!(request, ControlRequest::Watch {}) {
             return watch(&mut writer, shared);
         }
         let error = handle(&request, shared).err();
@@ -223,15 +223,15 @@ fn watch(writer: &mut UnixStream, shared: &Shared) -> io::Result<()> {
 fn handle(request: &ControlRequest, shared: &Shared) -> Result<(), String> {
     let vm = shared.vm.lock().unwrap_or_else(|p| p.into_inner()).clone();
     match request {
-        ControlRequest::Status | ControlRequest::Watch => Ok(()),
-        ControlRequest::Kill => {
+        ControlRequest::Status {} | ControlRequest::Watch {} => Ok(()),
+        ControlRequest::Kill {} => {
             shared.kill_requested.store(true, Ordering::SeqCst);
             if let Some(vm) = vm {
                 vm.kill();
             }
             Ok(())
         }
-        ControlRequest::PowerButton => match vm {
+        ControlRequest::PowerButton {} => match vm {
             Some(vm) => vm.power_button().map_err(|e| format!("power button: {e}")),
             None => Err("the guest is not running".into()),
         },

@@ -11,7 +11,7 @@
 //!
 //! `curl --unix-socket /run/kvmlet/kvmlet.sock http://localhost/v1/vms` works.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -145,25 +145,26 @@ async fn console(
         };
     }
     let uid = entry.identity.uid.clone();
+    // One open file for the whole follow: the agent removes the state
+    // directory as soon as the VM is gone, and the last lines must still come.
+    let log = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) => return error(StatusCode::NOT_FOUND, format!("{}: {e}", path.display())),
+    };
     // Sends what the log has, then what it grows by, until the VM is gone
     // and everything it wrote was sent.
-    let stream = futures::stream::unfold((0u64, false), move |(offset, done)| {
-        let (vms, path, uid) = (vms.clone(), path.clone(), uid.clone());
+    let stream = futures::stream::unfold(Some(log), move |log| {
+        let (vms, uid) = (vms.clone(), uid.clone());
         async move {
-            if done {
-                return None;
-            }
+            let mut log = log?;
             loop {
+                // Checked before reading: output written before the exit is read after it.
                 let exited = vms.get(&uid).is_none_or(|e| matches!(e.process, Process::Exited(_)));
-                let chunk = read_from(&path, offset);
-                match chunk {
-                    Some(bytes) if !bytes.is_empty() => {
-                        let next = offset + bytes.len() as u64;
-                        return Some((Ok::<_, std::io::Error>(Bytes::from(bytes)), (next, false)));
-                    }
-                    None => return None,
-                    _ if exited => return None,
-                    _ => tokio::time::sleep(FOLLOW_POLL).await,
+                match read_more(&mut log) {
+                    Ok(bytes) if !bytes.is_empty() => return Some((Ok(Bytes::from(bytes)), Some(log))),
+                    Err(e) => return Some((Err(e), None)),
+                    Ok(_) if exited => return None,
+                    Ok(_) => tokio::time::sleep(FOLLOW_POLL).await,
                 }
             }
         }
@@ -171,11 +172,9 @@ async fn console(
     Body::from_stream(stream).into_response()
 }
 
-/// Up to 64 KiB of `path` from `offset`; None once the file is gone.
-fn read_from(path: &Path, offset: u64) -> Option<Vec<u8>> {
-    let mut file = std::fs::File::open(path).ok()?;
-    file.seek(SeekFrom::Start(offset)).ok()?;
+/// Up to 64 KiB more of `file`, from where the last read ended.
+fn read_more(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    file.take(64 * 1024).read_to_end(&mut bytes).ok()?;
-    Some(bytes)
+    file.take(64 * 1024).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }

@@ -122,3 +122,30 @@ pub fn ready(vmi: &VirtualMachineInstance) -> Option<String> {
 pub fn has_finalizer(vmi: &VirtualMachineInstance, finalizer: &str) -> bool {
     vmi.finalizers().iter().any(|f| f == finalizer)
 }
+
+/// `curl -s -f ARGS` against the node's debugging socket; (succeeded, body).
+pub fn node_socket(server: &Standalone, args: &[&str], path: &str) -> (bool, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-f"])
+        .args(args)
+        .arg("--unix-socket")
+        .arg(server.run_dir().join("kvmlet.sock"))
+        .arg(format!("http://localhost{path}"))
+        .output()
+        .expect("run curl");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls the VM's serial console (debugging socket) until it shows `needle`;
+/// returns the console so far.
+pub async fn wait_console(server: &Standalone, name: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, console) = node_socket(server, &[], &format!("/v1/namespaces/default/vms/{name}/console"));
+        if console.contains(needle) {
+            return console;
+        }
+        assert!(Instant::now() < deadline, "{name}'s console never showed {needle:?}:\n{console}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

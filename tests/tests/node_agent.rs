@@ -10,30 +10,6 @@ use kube::ResourceExt;
 use proto::kubevirt::{VirtualMachineInstance, VirtualMachineInstancePhase as Phase};
 use proto::labels::VMI_FOREGROUND_FINALIZER;
 
-fn curl(server: &Standalone, method: &str, path: &str) -> (bool, String) {
-    let socket = server.run_dir().join("kvmlet.sock");
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-f", "-X", method, "--unix-socket"])
-        .arg(&socket)
-        .arg(format!("http://localhost{path}"))
-        .output()
-        .expect("run curl");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Polls the VM's serial console (debugging socket) until it shows `needle`.
-async fn wait_for_console(server: &Standalone, name: &str, needle: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, console) = curl(server, "GET", &format!("/v1/namespaces/default/vms/{name}/console"));
-        if console.contains(needle) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{name}'s console never showed {needle:?}:\n{console}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn pid_alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
@@ -57,7 +33,7 @@ async fn vmi_runs_then_succeeds_when_the_guest_powers_off() {
     assert!(state_dir.join("control.sock").exists());
 
     // The guest powers off when the power button is pressed (debug socket).
-    let (ok, _) = curl(&server, "POST", "/v1/namespaces/default/vms/poweroff/power-button");
+    let (ok, _) = node_socket(&server, &["-X", "POST"], "/v1/namespaces/default/vms/poweroff/power-button");
     assert!(ok, "power button through the debugging socket");
     let done = wait_for_phase(&vmis, &server, "poweroff", Phase::Succeeded).await;
     let status = done.status.clone().unwrap();
@@ -150,7 +126,7 @@ async fn restarting_the_agent_keeps_vms_running_and_reattaches() {
     let before = wait_for_phase(&vmis, &server, "survivor", Phase::Running).await;
     let pid = ps_entry(&server, "survivor").unwrap()["pid"].as_i64().unwrap();
     let transitions = before.status.as_ref().unwrap().phase_transition_timestamps.len();
-    wait_for_console(&server, "survivor", "probe: waiting for power button").await;
+    wait_console(&server, "survivor", "probe: waiting for power button").await;
 
     server.restart(); // SIGKILL, then a new agent on the same directories
     let client = server.client().await;
@@ -159,7 +135,7 @@ async fn restarting_the_agent_keeps_vms_running_and_reattaches() {
     assert_eq!(entry["pid"].as_i64(), Some(pid), "same VM process");
     assert!(pid_alive(pid as i32));
     // The VM still answers through the new agent, and its VMI never left Running.
-    let (ok, console) = curl(&server, "GET", "/v1/namespaces/default/vms/survivor/console");
+    let (ok, console) = node_socket(&server, &[], "/v1/namespaces/default/vms/survivor/console");
     assert!(ok && console.contains("probe: waiting for power button"), "{console}");
     let after = vmis.get("survivor").await.unwrap();
     assert_eq!(phase(&after), Some(Phase::Running));
@@ -206,6 +182,11 @@ async fn what_kvmlet_cannot_run_fails_the_vmi_naming_the_field() {
         let ready = failed.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").cloned().unwrap();
         assert!(ready.message.as_deref().unwrap_or_default().contains(field), "{name}: {ready:?}");
         assert_eq!(ready.reason.as_deref(), Some("Unsupported"));
+        // The node records the event before it drops its finalizer.
+        wait_for(&vmis, &server, name, "without the node's finalizer", Duration::from_secs(30), |v| {
+            v.is_some_and(|v| !has_finalizer(v, VMI_FOREGROUND_FINALIZER))
+        })
+        .await;
         let events = event_reasons(&client, name).await;
         assert!(events.iter().any(|(r, m)| r == "Failed" && m.contains(field)), "{name}: {events:?}");
         assert!(ps_entry(&server, name).is_none(), "{name}: no VM process was started");

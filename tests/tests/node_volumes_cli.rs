@@ -13,30 +13,6 @@ use kube::api::{Api, DeleteParams, PostParams};
 use proto::kubevirt::{VirtualMachineInstance, VirtualMachineInstancePhase as Phase};
 use serde_json::json;
 
-fn curl(server: &Standalone, args: &[&str], path: &str) -> (bool, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-f"])
-        .args(args)
-        .arg("--unix-socket")
-        .arg(server.run_dir().join("kvmlet.sock"))
-        .arg(format!("http://localhost{path}"))
-        .output()
-        .expect("run curl");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-async fn wait_console(server: &Standalone, name: &str, needle: &str) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, console) = curl(server, &[], &format!("/v1/namespaces/default/vms/{name}/console"));
-        if console.contains(needle) {
-            return console;
-        }
-        assert!(std::time::Instant::now() < deadline, "{name}'s console never showed {needle:?}:\n{console}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn volumes_reach_the_guest_in_order() {
     let server = Standalone::with_node(&[]);
@@ -136,7 +112,7 @@ async fn debugging_socket_and_cli() {
     let row = table.lines().find(|l| l.contains("debug-me")).expect("ps lists the VM");
     assert!(row.contains(&uid) && row.contains("Running") && row.contains("64Mi"), "{table}");
 
-    let (ok, listed) = curl(&server, &[], "/v1/vms");
+    let (ok, listed) = node_socket(&server, &[], "/v1/vms");
     assert!(ok);
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed[0]["name"], "debug-me");
@@ -163,14 +139,14 @@ async fn debugging_socket_and_cli() {
     // Typed input reaches the guest's UART (the probe does not read it, so
     // what fits the 64-byte FIFO is accepted).
     let (ok, _) =
-        curl(&server, &["-X", "POST", "--data-binary", "hello"], "/v1/namespaces/default/vms/debug-me/console");
+        node_socket(&server, &["-X", "POST", "--data-binary", "hello"], "/v1/namespaces/default/vms/debug-me/console");
     assert!(ok, "console input accepted");
 
     // `kvmlet console` follows the console until the VM stops.
     wait_console(&server, "debug-me", "probe: waiting for power button").await;
     let console = server.kvmlet(&["console", "debug-me"]).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (ok, _) = curl(&server, &["-X", "POST"], "/v1/namespaces/default/vms/debug-me/power-button");
+    let (ok, _) = node_socket(&server, &["-X", "POST"], "/v1/namespaces/default/vms/debug-me/power-button");
     assert!(ok);
     let out = tokio::task::spawn_blocking(move || console.wait_with_output()).await.unwrap().unwrap();
     assert!(out.status.success());
@@ -181,6 +157,6 @@ async fn debugging_socket_and_cli() {
     wait_for_phase(&vmis, &server, "debug-me", Phase::Succeeded).await;
 
     // A stopped VM refuses control requests, by name.
-    let (ok, _) = curl(&server, &["-X", "POST"], "/v1/namespaces/default/vms/debug-me/kill");
+    let (ok, _) = node_socket(&server, &["-X", "POST"], "/v1/namespaces/default/vms/debug-me/kill");
     assert!(!ok, "kill of a stopped VM is refused");
 }

@@ -2,7 +2,7 @@
 //! image and the real tools the tests check our output with.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod bench;
@@ -116,31 +116,60 @@ pub fn probe_value<'a>(console: &'a str, prefix: &str, key: &str) -> Option<&'a 
 /// Runs `cmd` to completion, or kills it after `timeout`; returns (finished,
 /// stdout, stderr) so a test can say what a hung program printed.
 pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> (bool, String, String) {
-    use std::io::Read;
+    let (out, finished) = run_within(cmd, None, timeout);
+    (finished, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs `cmd` with `stdin` fed to it, killing it after `timeout` (a program
+/// waiting on a server that never answers must not hang the test run);
+/// returns its output and whether it finished by itself.
+pub fn run_within(cmd: &mut Command, stdin: Option<&str>, timeout: std::time::Duration) -> (Output, bool) {
+    use std::io::{Read, Write};
     use std::process::Stdio;
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
     let read = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
         })
     };
     let stdout = read(Box::new(child.stdout.take().unwrap()));
     let stderr = read(Box::new(child.stderr.take().unwrap()));
+    if let Some(input) = stdin {
+        // A program that exits without reading its input is not an error here.
+        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    }
     let deadline = std::time::Instant::now() + timeout;
-    let finished = loop {
-        if child.try_wait().expect("wait").is_some() {
-            break true;
+    let (status, finished) = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break (status, true);
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            let _ = child.wait();
-            break false;
+            break (child.wait().expect("wait"), false);
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    (finished, stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default())
+    let output =
+        Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() };
+    (output, finished)
+}
+
+/// `kubectl --kubeconfig KUBECONFIG ARGS`, killed after two minutes: kubectl
+/// waits without end for a deletion it never sees, and that must fail the
+/// one test that caused it rather than stall the whole run. A killed kubectl
+/// says so at the end of its stderr.
+pub fn kubectl(binary: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+    let mut cmd = Command::new(binary);
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+    let (mut out, finished) = run_within(&mut cmd, stdin, LIMIT);
+    if !finished {
+        out.stderr.extend_from_slice(format!("\n[kubectl {args:?} killed: not finished after {LIMIT:?}]\n").as_bytes());
+    }
+    out
 }
 
 #[cfg(test)]

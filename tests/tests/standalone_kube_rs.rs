@@ -160,12 +160,7 @@ async fn recorder_events_show_in_kubectl_describe() {
     recorder.publish(&event, &reference).await.unwrap(); // the same again: a series of 2
 
     let kubectl = e2e::require_tool("kubectl", "kubectl");
-    let out = std::process::Command::new(kubectl)
-        .arg("--kubeconfig")
-        .arg(api.kubeconfig())
-        .args(["describe", "vm", "recorded"])
-        .output()
-        .unwrap();
+    let out = e2e::kubectl(&kubectl, &api.kubeconfig(), &["describe", "vm", "recorded"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let described = String::from_utf8_lossy(&out.stdout);
     let events = described.split("Events:").nth(1).unwrap_or_default();

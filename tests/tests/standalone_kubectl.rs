@@ -2,7 +2,7 @@
 //! the oldest, 1.32 and the newest side by side, each in its own namespace.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use e2e::standalone::Standalone;
 use e2e::workspace_root;
@@ -37,17 +37,7 @@ fn kubectls() -> Vec<PathBuf> {
 }
 
 fn kubectl(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(binary);
-    cmd.arg("--kubeconfig").arg(api.kubeconfig()).args(args);
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    child.wait_with_output().unwrap()
+    e2e::kubectl(binary, &api.kubeconfig(), args, stdin)
 }
 
 fn ok(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) -> String {

@@ -3,7 +3,7 @@
 //! `kvmlet start|stop|restart`, booting the probe guest (its kernel
 //! arguments choose what the guest does; it prints its SMBIOS identity).
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::node::wait_for;
@@ -52,21 +52,8 @@ spec:
     )
 }
 
-fn run(mut command: Command, stdin: Option<&str>) -> Output {
-    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().expect("spawn");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
 fn kubectl(api: &Standalone, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut command = Command::new(e2e::require_tool("kubectl", "kubectl"));
-    command.arg("--kubeconfig").arg(api.kubeconfig()).args(args);
-    run(command, stdin)
+    e2e::kubectl(&e2e::require_tool("kubectl", "kubectl"), &api.kubeconfig(), args, stdin)
 }
 
 /// `kubectl ARGS` for a change the controller may be writing to at the
@@ -97,7 +84,8 @@ fn k(api: &Standalone, args: &[&str], stdin: Option<&str>) -> String {
 
 /// `kvmlet ARGS`: (success, stdout + stderr).
 fn kvmlet(api: &Standalone, args: &[&str]) -> (bool, String) {
-    let out = run(api.kvmlet(args), None);
+    let (out, finished) = e2e::run_within(&mut api.kvmlet(args), None, WAIT);
+    assert!(finished, "kvmlet {args:?} did not finish within {WAIT:?}\n--- server log ---\n{}", api.log());
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }

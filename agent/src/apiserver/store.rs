@@ -259,7 +259,9 @@ impl Store {
 
     /// Changes after `revision` in `scope`, oldest first; `Expired` when the
     /// history no longer reaches back that far.
-    pub fn events_after(&self, revision: u64, scope: &Scope) -> Result<Vec<Event>, StoreError> {
+    /// Changes in `scope` after `revision`, and the revision they were read
+    /// at (one snapshot: a watch goes on live from exactly there).
+    pub fn events_after(&self, revision: u64, scope: &Scope) -> Result<(Vec<Event>, u64), StoreError> {
         let txn = self.db.begin_read()?;
         let events = txn.open_table(EVENTS)?;
         let current = txn.open_table(META)?.get(REVISION)?.map(|v| v.value()).unwrap_or(0);
@@ -277,7 +279,7 @@ impl Store {
                 out.push(Event { revision: rev.value(), kind: stored.kind, key, object: stored.object });
             }
         }
-        Ok(out)
+        Ok((out, current.max(revision)))
     }
 
     /// Changes as they commit (subscribe before reading history to miss none).

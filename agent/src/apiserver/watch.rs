@@ -102,17 +102,17 @@ async fn run(store: Shared, request: WatchRequest, sink: Sink) {
     } else {
         let from = request.resource_version.unwrap_or_default();
         match store.events_after(from, &request.scope) {
-            Ok(events) => {
-                let mut last = from;
+            // The snapshot's revision, not a later read: a change committed
+            // after the snapshot must still come through the live stream.
+            Ok((events, snapshot)) => {
                 for event in events {
-                    last = event.revision;
                     if (request.selects)(&event.object)
                         && !send(&sink, type_name(event.kind), &request.shown(&event.object)).await
                     {
                         return;
                     }
                 }
-                last.max(store.revision().unwrap_or(last))
+                snapshot
             }
             Err(error @ StoreError::Expired { .. }) => {
                 let _ = send(&sink, "ERROR", &expired(format!("too old resource version: {error}"))).await;

@@ -72,12 +72,15 @@ fn history_replays_in_order_and_expires() {
     store.create(&vm("other", "x"), object("x", 1)).unwrap(); // 2, out of scope
     store.update(&vm("default", "a"), object("a", 2), None).unwrap(); // 3
     store.delete(&vm("default", "a"), None).unwrap(); // 4
-    let events = store.events_after(1, &scope).unwrap();
+    let (events, snapshot) = store.events_after(1, &scope).unwrap();
     let kinds: Vec<(u64, EventType)> = events.iter().map(|e| (e.revision, e.kind)).collect();
-    assert_eq!(kinds, [(3, EventType::Modified), (4, EventType::Deleted)]);
-    assert!(store.events_after(4, &scope).unwrap().is_empty());
+    assert_eq!((kinds.as_slice(), snapshot), ([(3, EventType::Modified), (4, EventType::Deleted)].as_slice(), 4));
+    assert_eq!(store.events_after(4, &scope).unwrap(), (vec![], 4));
+    // Out-of-scope changes still move the snapshot on: a watch resumes after them.
+    store.create(&vm("other", "y"), object("y", 1)).unwrap(); // 5
+    assert_eq!(store.events_after(4, &scope).unwrap(), (vec![], 5));
     match store.events_after(0, &scope) {
-        Err(StoreError::Expired { requested: 0, oldest: 2 }) => {}
+        Err(StoreError::Expired { requested: 0, oldest: 3 }) => {}
         other => panic!("expected 410-style expiry, got {other:?}"),
     }
 }

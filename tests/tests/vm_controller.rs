@@ -309,7 +309,10 @@ async fn always_recreates_and_rerun_on_failure_reruns_only_failures() {
     let apis = apis(&api).await;
     k(&api, &["create", "-f", "-"], Some(&vm_manifest("always", "runStrategy: Always", "probe.action=wait")));
     let first = wait_vmi(&apis, &api, "always", Phase::Running, None).await;
-    k(&api, &["delete", "vmi", "always"], None);
+    // --wait=false: kubectl waits for the *name* to go, and the VM puts a
+    // new VMI of that name in place within milliseconds (kubectl can then
+    // wait forever, as it would against any API server).
+    k(&api, &["delete", "vmi", "always", "--wait=false"], None);
     let second = wait_vmi(&apis, &api, "always", Phase::Running, first.uid().as_deref()).await;
     assert_ne!(first.uid(), second.uid());
     kvmlet_fails(&api, &["start", "always"], "already running");
@@ -549,7 +552,7 @@ spec:
     wait_vm(&apis, &api, "taken", "with its identity", |vm| !firmware(vm).0.is_empty()).await;
     let still = apis.vmis.get("taken").await.unwrap();
     assert_eq!((still.uid(), still.owner_references()[0].kind.as_str()), (theirs.uid(), "ConfigMap"));
-    k(&api, &["delete", "vmi", "taken"], None);
+    k(&api, &["delete", "vmi", "taken", "--wait=false"], None); // replaced at once, as above
     let mine = wait_vmi(&apis, &api, "taken", Phase::Running, theirs.uid().as_deref()).await;
     assert_eq!(mine.owner_references()[0].kind, "VirtualMachine", "once it is gone, the VM starts its own");
     k(&api, &["delete", "vm", "taken", "--cascade=foreground"], None);

@@ -103,7 +103,10 @@ impl Vcpu {
                 self.mmio.write(addr, data);
                 None
             }
-            Ok(VcpuExit::Shutdown) => Some(ExitReason::TripleFault),
+            Ok(VcpuExit::Shutdown) => {
+                self.log_triple_fault();
+                Some(ExitReason::TripleFault)
+            }
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
                 KVM_SYSTEM_EVENT_RESET => ExitReason::Reboot,
@@ -119,6 +122,21 @@ impl Vcpu {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
             Err(e) => Some(ExitReason::Error(format!("vCPU {}: KVM_RUN failed: {e}", self.index))),
         }
+    }
+
+    /// Where the guest was and which exception it could not take: what a
+    /// guest developer needs to find the fault.
+    fn log_triple_fault(&self) {
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or_default();
+        let cs = self.fd.get_sregs().map(|s| s.cs.selector).unwrap_or_default();
+        let exception = self.fd.get_vcpu_events().map(|e| e.exception.nr).unwrap_or_default();
+        tracing::warn!(
+            vcpu = self.index,
+            rip = format_args!("{rip:#x}"),
+            cs = format_args!("{cs:#x}"),
+            exception,
+            "triple fault"
+        );
     }
 
     /// Describes KVM_EXIT_INTERNAL_ERROR, including the instruction bytes KVM

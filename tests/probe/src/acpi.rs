@@ -61,8 +61,11 @@ pub fn read(rsdp_hint: u64) -> Option<Platform> {
     let mut platform = Platform { tables_ok: v1_ok && v2_ok, ..Default::default() };
 
     // XSDT (64-bit entries) when there is one, else the RSDT.
-    let (root, entry_size) =
-        if revision >= 2 && peek::<u64>(rsdp + 24) != 0 { (peek::<u64>(rsdp + 24), 8) } else { (u64::from(peek::<u32>(rsdp + 16)), 4) };
+    let (root, entry_size) = if revision >= 2 && peek::<u64>(rsdp + 24) != 0 {
+        (peek::<u64>(rsdp + 24), 8)
+    } else {
+        (u64::from(peek::<u32>(rsdp + 16)), 4)
+    };
     let (root_bytes, ok) = table(root);
     platform.tables_ok &= ok;
     let entries = (root_bytes.len() - 36) / entry_size;
@@ -247,7 +250,8 @@ pub fn devices(dsdt: &[u8], mut visit: impl FnMut(&Device)) {
                 let name_len = name_string_len(aml, name_at);
                 if name_at + name_len <= body_end && name_len >= 4 {
                     let body = &aml[name_at + name_len..body_end];
-                    let mut device = Device { hid: device_hid(body), region: device_region(body), ..Default::default() };
+                    let mut device =
+                        Device { hid: device_hid(body), region: device_region(body), ..Default::default() };
                     device.name.copy_from_slice(&aml[name_at + name_len - 4..name_at + name_len]);
                     device_resources(body, &mut device);
                     visit(&device);

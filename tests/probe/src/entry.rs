@@ -40,17 +40,47 @@ pub static mut PROBE_PDPT: PageTable = PageTable([0; 512]);
 pub static mut PROBE_PD: PageDirectories = identity_directories();
 
 /// GDT: null, kernel code64 (0x08), kernel data (0x10), user data (0x18),
-/// user code64 (0x20), kernel code32 (0x28, only for the PVH far jump).
+/// user code64 (0x20), kernel code32 (0x28, only for the PVH far jump), and
+/// the 16-byte TSS descriptor (0x30) whose base the entry code fills in.
+const _: () = assert!(core::mem::size_of::<Tss>() - 1 == 0x2068);
 #[no_mangle]
 #[link_section = ".data"]
-pub static PROBE_GDT: [u64; 6] = [
+pub static mut PROBE_GDT: [u64; 8] = [
     0,
     0x00af_9a00_0000_ffff,
     0x00cf_9200_0000_ffff,
     0x00cf_f200_0000_ffff,
     0x00af_fa00_0000_ffff,
     0x00cf_9a00_0000_ffff,
+    0x0000_8900_0000_2068, // present, 64-bit TSS, limit: 104 bytes + I/O bitmap
+    0,
 ];
+
+/// The TSS: RSP0, the stack `idle`'s interrupt gate switches to, and an I/O
+/// permission bitmap that allows every port to ring 3 (on this host, ring 3
+/// reaches ports through the bitmap, whatever IOPL says).
+#[repr(C, packed)]
+pub struct Tss {
+    reserved0: u32,
+    pub rsp0: u64,
+    unused: [u8; 90],
+    io_map_base: u16,
+    io_map: [u8; 8192 + 1],
+}
+
+#[no_mangle]
+#[link_section = ".data"]
+pub static mut PROBE_TSS: Tss = Tss {
+    reserved0: 0,
+    rsp0: 0,
+    unused: [0; 90],
+    io_map_base: 104,
+    io_map: {
+        let mut map = [0; 8192 + 1];
+        map[8192] = 0xff; // the bitmap's required terminator
+        map
+    },
+};
 
 #[repr(C, packed)]
 pub struct DescriptorPointer {
@@ -63,12 +93,32 @@ pub struct DescriptorPointer {
 #[no_mangle]
 #[link_section = ".data"]
 pub static mut PROBE_GDTR: DescriptorPointer =
-    DescriptorPointer { limit: (core::mem::size_of::<[u64; 6]>() - 1) as u16, base: 0 };
+    DescriptorPointer { limit: (core::mem::size_of::<[u64; 8]>() - 1) as u16, base: 0 };
 
-/// Limit 0: any exception is a triple fault, which the VMM reports.
+/// The exception ring 3 raises (#UD) to halt, and the local APIC timer's
+/// vector that ends the halt. Only their gates are filled in (by `idle`);
+/// any other exception finds a non-present gate and ends in a triple fault,
+/// which the VMM reports.
+pub const IDLE_VECTOR: usize = 6;
+pub const IDLE_TIMER_VECTOR: usize = 0x20;
+
+#[repr(C, align(16))]
+pub struct Idt(pub [u64; 2 * (IDLE_TIMER_VECTOR + 1)]);
+
 #[no_mangle]
 #[link_section = ".data"]
-pub static mut PROBE_IDTR: DescriptorPointer = DescriptorPointer { limit: 0, base: 0 };
+pub static mut PROBE_IDT: Idt = Idt([0; 2 * (IDLE_TIMER_VECTOR + 1)]);
+
+/// An empty IDT, for ending in a triple fault on purpose.
+#[no_mangle]
+#[link_section = ".data"]
+pub static mut PROBE_NO_IDT: DescriptorPointer = DescriptorPointer { limit: 0, base: 0 };
+
+/// The IDT's base is filled in by the entry code, as the GDT's.
+#[no_mangle]
+#[link_section = ".data"]
+pub static mut PROBE_IDTR: DescriptorPointer =
+    DescriptorPointer { limit: (core::mem::size_of::<Idt>() - 1) as u16, base: 0 };
 
 #[repr(C, align(16))]
 pub struct Stack(pub [u8; 4096 * 16]);
@@ -160,7 +210,18 @@ common64:
     lea rax, [rip + PROBE_GDT]
     mov [rip + PROBE_GDTR + 2], rax
     lgdt [rip + PROBE_GDTR]
+    lea rax, [rip + PROBE_IDT]
+    mov [rip + PROBE_IDTR + 2], rax
     lidt [rip + PROBE_IDTR]
+    lea rax, [rip + PROBE_STACK0 + 4096 * 16]
+    mov [rip + PROBE_TSS + 4], rax
+    lea rax, [rip + PROBE_TSS]
+    mov [rip + PROBE_GDT + 48 + 2], ax      /* TSS base 15:0 */
+    shr rax, 16
+    mov [rip + PROBE_GDT + 48 + 4], al      /* base 23:16 */
+    mov [rip + PROBE_GDT + 48 + 7], ah      /* base 31:24 */
+    mov ax, 0x30
+    ltr ax
     mov ax, 0x10
     mov ds, ax
     mov es, ax
@@ -198,9 +259,98 @@ ring3_start:
     mov rsi, r14
     call probe_main
     ud2
+
+    /* `idle` traps into ring 0 with a UD2 (this host refuses INT n and
+       SYSCALL from ring 3, but delivers exceptions through the IDT). */
+    .globl probe_idle_trap
+probe_idle_trap:
+    ud2
+    ret
+
+    /* Ring 0, the #UD gate, on the TSS's RSP0 stack: the UD2 above halts
+       until an interrupt, then returns after it to ring 3 with its own
+       RFLAGS (interrupts off). STI's one-instruction shadow lets no
+       interrupt in before the HLT, and one already pending ends the HLT at
+       once, so no wake-up is lost. Any other #UD is fatal, as it was. */
+    .globl probe_idle_entry
+probe_idle_entry:
+    push rax
+    lea rax, [rip + probe_idle_trap]
+    cmp [rsp + 8], rax
+    pop rax
+    jne 1f
+    add qword ptr [rsp], 2
+    sti
+    hlt
+    cli
+    iretq
+1:
+    lidt [rip + PROBE_NO_IDT]
+    ud2                          /* no IDT: a triple fault, which the VMM reports */
+
+    /* The local APIC timer's interrupt, taken in ring 0 during the HLT
+       above: acknowledge it (EOI) and return to after the HLT. */
+    .globl probe_idle_timer
+probe_idle_timer:
+    push rax
+    mov eax, 0xfee000b0          /* local APIC EOI register */
+    mov dword ptr [rax], 0
+    pop rax
+    iretq
 "#
 );
 
 /// Ring-3 stack (in .bss).
 #[no_mangle]
 pub static mut PROBE_STACK3: Stack = Stack([0; 4096 * 16]);
+
+extern "C" {
+    fn probe_idle_trap();
+    fn probe_idle_entry();
+    fn probe_idle_timer();
+}
+
+/// The local APIC (xAPIC MMIO, mapped user-accessible like all memory).
+const LAPIC: u64 = 0xfee0_0000;
+const LAPIC_SPURIOUS: u64 = LAPIC + 0xf0;
+const LAPIC_LVT_TIMER: u64 = LAPIC + 0x320;
+const LAPIC_LVT_LINT0: u64 = LAPIC + 0x350;
+const LAPIC_LVT_LINT1: u64 = LAPIC + 0x360;
+const LAPIC_LVT_ERROR: u64 = LAPIC + 0x370;
+const LAPIC_TIMER_INITIAL: u64 = LAPIC + 0x380;
+const LAPIC_TIMER_DIVIDE: u64 = LAPIC + 0x3e0;
+const LVT_MASKED: u32 = 1 << 16;
+
+/// A 64-bit interrupt gate to `handler` in the kernel code segment.
+fn gate(handler: unsafe extern "C" fn(), dpl: u64) -> [u64; 2] {
+    let offset = handler as *const () as usize as u64;
+    let present_interrupt_gate = 0x8e | (dpl << 5);
+    [(offset & 0xffff) | (0x08 << 16) | (present_interrupt_gate << 40) | ((offset >> 16) & 0xffff) << 48, offset >> 32]
+}
+
+/// Sleeps about `nanos` (KVM's APIC timer counts at 1 GHz with divide by 1)
+/// by halting the vCPU, so an idle probe costs the host no CPU, as an idle
+/// kernel would not. A tiny ring-0 detour: the HLT and an EOI.
+pub fn idle(nanos: u32) {
+    static mut ARMED: bool = false;
+    // SAFETY: one vCPU runs this code; the gates are written before they can
+    // be used, and the APIC registers are MMIO at their fixed address.
+    unsafe {
+        if !ARMED {
+            let idt = &mut *core::ptr::addr_of_mut!(PROBE_IDT.0);
+            idt[2 * IDLE_VECTOR..][..2].copy_from_slice(&gate(probe_idle_entry, 0));
+            idt[2 * IDLE_TIMER_VECTOR..][..2].copy_from_slice(&gate(probe_idle_timer, 0));
+            // Only the timer may interrupt: KVM wires the 8259 PIC to LINT0
+            // of the boot CPU, and the probe has no gate for its vectors.
+            for lvt in [LAPIC_LVT_LINT0, LAPIC_LVT_LINT1, LAPIC_LVT_ERROR] {
+                core::ptr::write_volatile(lvt as *mut u32, LVT_MASKED);
+            }
+            core::ptr::write_volatile(LAPIC_SPURIOUS as *mut u32, 0x1ff); // enabled, spurious vector 0xff
+            core::ptr::write_volatile(LAPIC_TIMER_DIVIDE as *mut u32, 0xb); // divide by 1
+            core::ptr::write_volatile(LAPIC_LVT_TIMER as *mut u32, IDLE_TIMER_VECTOR as u32); // one-shot
+            ARMED = true;
+        }
+        core::ptr::write_volatile(LAPIC_TIMER_INITIAL as *mut u32, nanos);
+        probe_idle_trap();
+    }
+}

@@ -7,7 +7,9 @@ use core::arch::asm;
 #[no_mangle]
 unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     // SAFETY: the caller guarantees both ranges are valid and disjoint.
-    unsafe { asm!("rep movsb", inout("rdi") dest => _, inout("rsi") src => _, inout("rcx") n => _, options(nostack, preserves_flags)) };
+    unsafe {
+        asm!("rep movsb", inout("rdi") dest => _, inout("rsi") src => _, inout("rcx") n => _, options(nostack, preserves_flags))
+    };
     dest
 }
 
@@ -36,7 +38,9 @@ unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mut u8
 #[no_mangle]
 unsafe extern "C" fn memset(dest: *mut u8, value: i32, n: usize) -> *mut u8 {
     // SAFETY: the caller guarantees the range is valid.
-    unsafe { asm!("rep stosb", inout("rdi") dest => _, inout("rcx") n => _, in("al") value as u8, options(nostack, preserves_flags)) };
+    unsafe {
+        asm!("rep stosb", inout("rdi") dest => _, inout("rcx") n => _, in("al") value as u8, options(nostack, preserves_flags))
+    };
     dest
 }
 

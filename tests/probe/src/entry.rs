@@ -1,8 +1,9 @@
 //! The only ring-0 code: enter long mode (PVH) or take it as given (64-bit
-//! Linux entry), install our own user-accessible identity map, GDT and an
-//! empty IDT, enable SSE, and `iretq` to ring 3 with IOPL=3. Guest ring-0
-//! code is emulated instruction by instruction on nested KVM, so this stays
-//! a few dozen instructions; every loop runs in ring 3.
+//! Linux entry), install our own user-accessible identity map, GDT, TSS and
+//! IDT, enable SSE, and `iretq` to ring 3 with IOPL=3; and the idle path
+//! (`idle`: HLT until the APIC timer fires). Guest ring-0 code is emulated
+//! instruction by instruction on nested KVM, so this stays a few dozen
+//! instructions; every loop runs in ring 3.
 
 use core::arch::global_asm;
 

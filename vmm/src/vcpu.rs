@@ -43,6 +43,10 @@ impl Vcpu {
         Vcpu { fd, index, pio, mmio, exit }
     }
 
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     /// CPUID, MSRs, registers and LAPIC as the kernel expects them at `entry`.
     pub fn configure(
         &self,

@@ -1,6 +1,7 @@
 //! Emulated devices and the buses that reach them.
 pub mod acpi;
 pub mod bus;
+pub mod coalesced;
 pub mod irq;
 pub mod legacy;
 pub mod serial;

@@ -1,19 +1,93 @@
 //! COM1: a 16550 UART (vm-superio) on port 0x3f8, IRQ 4, output to the console.
+//!
+//! Writes to the transmit register are coalesced by KVM when it can (no VM
+//! exit per byte) while the guest polls rather than waits for the "transmit
+//! empty" interrupt; they are replayed before any other access to the port
+//! and at least every `REPLAY_INTERVAL`.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
+use super::coalesced::CoalescedRing;
 use super::irq::IrqLine;
 use super::BusDevice;
 use crate::console::Console;
 
+/// How long coalesced output may wait when the guest does nothing else with
+/// the port: short enough for an interactive console.
+pub const REPLAY_INTERVAL: Duration = Duration::from_millis(10);
+
+const THR: u8 = 0;
+const IER: u8 = 1;
+const LCR: u8 = 3;
+const IER_THRI: u8 = 1 << 1;
+const LCR_DLAB: u8 = 1 << 7;
+
 pub struct SerialPort {
     uart: Serial<IrqLine, NoEvents, Console>,
+    coalescing: Option<Coalescing>,
+}
+
+/// The port's coalesced-write zone and the ring KVM queues writes in.
+struct Coalescing {
+    ring: CoalescedRing,
+    vm_fd: Arc<VmFd>,
+    port: u16,
+    /// Whether THR writes go to the ring now: not while the guest waits for
+    /// the transmit interrupt, which needs each write seen at once.
+    active: bool,
 }
 
 impl SerialPort {
     pub fn new(irq: IrqLine, console: Console) -> Self {
-        SerialPort { uart: Serial::new(irq, console) }
+        SerialPort { uart: Serial::new(irq, console), coalescing: None }
+    }
+
+    /// Lets KVM queue THR writes to `port` in `ring` instead of exiting.
+    pub fn coalesce(&mut self, vm_fd: Arc<VmFd>, ring: CoalescedRing, port: u16) -> Result<(), kvm_ioctls::Error> {
+        vm_fd.register_coalesced_mmio(IoEventAddress::Pio(port.into()), 1)?;
+        self.coalescing = Some(Coalescing { ring, vm_fd, port, active: true });
+        Ok(())
+    }
+
+    /// Feeds the queued THR writes to the UART, oldest first.
+    pub fn replay(&mut self) {
+        let Some(coalescing) = self.coalescing.as_mut() else { return };
+        let (uart, port) = (&mut self.uart, coalescing.port);
+        coalescing.ring.drain(|write| match write.bytes() {
+            [byte] if write.pio && write.addr == u64::from(port) => {
+                if let Err(e) = uart.write(THR, *byte) {
+                    tracing::warn!(error = ?e, "serial port write failed");
+                }
+            }
+            _ => tracing::warn!(?write, "unexpected coalesced write ignored"),
+        });
+    }
+
+    /// Coalescing stays on only while the transmit interrupt is off: a
+    /// guest that waits for it must see each byte taken at once.
+    fn follow_ier(&mut self, ier: u8) {
+        let Some(coalescing) = self.coalescing.as_mut() else { return };
+        let wanted = ier & IER_THRI == 0;
+        if wanted == coalescing.active {
+            return;
+        }
+        let zone = IoEventAddress::Pio(coalescing.port.into());
+        let result = if wanted {
+            coalescing.vm_fd.register_coalesced_mmio(zone, 1)
+        } else {
+            coalescing.vm_fd.unregister_coalesced_mmio(zone, 1)
+        };
+        match result {
+            Ok(()) => coalescing.active = wanted,
+            Err(e) => tracing::warn!(error = %e, wanted, "switching serial write coalescing failed"),
+        }
+        // Writes queued before the zone went away come before this one.
+        self.replay();
     }
 
     /// Queues bytes typed on the console for the guest to read; returns how
@@ -32,6 +106,7 @@ impl SerialPort {
 
 impl BusDevice for SerialPort {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.replay();
         match (u8::try_from(offset), data) {
             (Ok(offset), [byte]) => *byte = self.uart.read(offset),
             (_, data) => data.fill(0xff),
@@ -39,10 +114,50 @@ impl BusDevice for SerialPort {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        self.replay();
         if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
+            if offset == IER && self.uart.read(LCR) & LCR_DLAB == 0 {
+                self.follow_ier(*byte);
+            }
             if let Err(e) = self.uart.write(offset, *byte) {
                 tracing::warn!(error = ?e, "serial port write failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kvm_ioctls::Kvm;
+
+    use super::*;
+    use crate::config::ConsoleConfig;
+
+    /// Against real KVM: the zone goes away while the guest wants the
+    /// transmit interrupt and comes back after, and output keeps flowing.
+    #[test]
+    fn thr_writes_are_coalesced_only_while_the_transmit_interrupt_is_off() {
+        let kvm = Kvm::new().expect("/dev/kvm");
+        let vm_fd = Arc::new(kvm.create_vm().unwrap());
+        let vcpu = vm_fd.create_vcpu(0).unwrap();
+        let console = Console::open(&ConsoleConfig { ring_bytes: 64, ..Default::default() }).unwrap();
+        let output = console.ring().unwrap();
+        let mut port = SerialPort::new(IrqLine::new().unwrap(), console);
+        port.coalesce(vm_fd, CoalescedRing::map(&vcpu).unwrap(), 0x3f8).unwrap();
+        let active = |port: &SerialPort| port.coalescing.as_ref().unwrap().active;
+        assert!(active(&port));
+
+        port.write(IER.into(), &[IER_THRI]);
+        assert!(!active(&port), "waiting for the transmit interrupt");
+        port.write(THR.into(), b"a");
+        port.write(IER.into(), &[0]);
+        assert!(active(&port), "polling again");
+        // With DLAB set, offset 1 is the divisor latch, not IER.
+        port.write(LCR.into(), &[LCR_DLAB]);
+        port.write(IER.into(), &[IER_THRI]);
+        assert!(active(&port), "a divisor write is not an IER write");
+        port.write(LCR.into(), &[0x03]);
+        port.write(THR.into(), b"b");
+        assert_eq!(output.text(), "ab");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +19,53 @@ pub struct Standalone {
     dir: tempfile::TempDir,
     address: SocketAddr,
     args: Vec<OsString>,
+    watchdog: Watchdog,
+}
+
+/// How long one test may keep a server: tests take seconds, so this only
+/// fires when a test is stuck waiting for something that will not happen.
+const STUCK_AFTER: Duration = Duration::from_secs(600);
+
+/// Ends the test binary, with the tail of the server's log, if its test is
+/// stuck: one stuck test then fails its binary instead of stalling the whole
+/// run (`cargo test --no-fail-fast` goes on with the next binary). A separate
+/// process, so nothing inside the stuck test can hold it up.
+struct Watchdog(Child);
+
+impl Watchdog {
+    fn start(dir: &Path, server: u32) -> Watchdog {
+        let script = r#"sleep "$1"
+echo "a test kept its kvmlet standalone for $1 s: it is stuck; ending the test binary. Server log (tail):" >&2
+tail -n 100 "$2/kvmlet.log" >&2
+for pid in "$2"/run/vms/*/pid; do [ -f "$pid" ] && kill -9 "$(cat "$pid")"; done
+kill -9 "$3" "$4""#;
+        let child = Command::new("sh")
+            .args(["-c", script, "watchdog"])
+            .arg(STUCK_AFTER.as_secs().to_string())
+            .arg(dir)
+            .arg(server.to_string())
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start the test watchdog");
+        Watchdog(child)
+    }
+
+    /// The server was restarted: the watchdog must know the new pid.
+    fn restart(&mut self, dir: &Path, server: u32) {
+        *self = Watchdog::start(dir, server);
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // The whole group: the shell and its sleep.
+        let group = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
 }
 
 fn spawn(dir: &Path, listen: &str, args: &[OsString]) -> Child {
@@ -86,7 +134,8 @@ impl Standalone {
         }
         let child = spawn(dir.path(), "127.0.0.1:0", &args);
         let address = wait_ready(&dir.path().join("kubeconfig"));
-        Standalone { child, dir, address, args }
+        let watchdog = Watchdog::start(dir.path(), child.id());
+        Standalone { child, dir, address, args, watchdog }
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -140,6 +189,7 @@ impl Standalone {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(self.kubeconfig());
         self.child = spawn(self.dir.path(), &self.address.to_string(), &self.args);
+        self.watchdog.restart(self.dir.path(), self.child.id());
         wait_ready(&self.kubeconfig());
     }
 }

@@ -101,7 +101,9 @@ async fn agent_registers_its_node_runs_its_vmis_and_survives_a_restart() {
     let first_beat = heartbeat(&node).expect("a heartbeat annotation");
     assert!(chrono_like(&first_beat), "RFC 3339: {first_beat}");
     let capacity = node.status.unwrap().allocatable.unwrap();
-    assert!(capacity["kvmlet.io/vcpus"].0.parse::<u32>().unwrap() >= 1);
+    // The default cpu allocation ratio, 10 vCPUs per host CPU, as KubeVirt's.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(capacity["kvmlet.io/vcpus"].0, (cpus * 10).to_string());
     assert!(capacity["kvmlet.io/memory"].0.ends_with("Mi"));
     // The heartbeat moves on.
     wait_node(&nodes, "n1", "heartbeating", |n| heartbeat(n).is_some_and(|b| b != first_beat)).await;

@@ -173,6 +173,11 @@ fn help_version_and_completions() {
         assert!(text.contains("Usage: kvmlet"), "kvmlet {command} --help:\n{text}");
     }
     assert!(!help.contains("vm-process"), "the VM process subcommand is internal");
+    for ratio in ["0", "101", "x"] {
+        let out = Command::new(kvmlet).args(["agent", "--cpu-allocation-ratio", ratio]).output().unwrap();
+        let why = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && why.contains("--cpu-allocation-ratio"), "ratio {ratio}: {why}");
+    }
 
     let version = Command::new(kvmlet).arg("version").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("kvmlet {}", env!("CARGO_PKG_VERSION")));

@@ -34,6 +34,11 @@ pub struct NodeArgs {
     /// Seconds between Node heartbeats.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, env = "KVMLET_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: u64,
+    /// vCPUs offered per host CPU (kvmlet.io/vcpus = host CPUs x N), like
+    /// KubeVirt's cpuAllocationRatio: idle guests halt, so vCPUs overcommit.
+    #[arg(long, value_name = "N", default_value_t = 10, env = "KVMLET_CPU_ALLOCATION_RATIO",
+          value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub cpu_allocation_ratio: u64,
 }
 
 impl NodeArgs {
@@ -56,6 +61,7 @@ impl NodeArgs {
             cgroup_parent: self.cgroup_parent.clone(),
             exe: std::env::current_exe()?,
             heartbeat_interval: Duration::from_secs(self.heartbeat_interval),
+            cpu_allocation_ratio: self.cpu_allocation_ratio,
         })
     }
 }

@@ -61,6 +61,8 @@ pub struct NodeConfig {
     /// The kvmlet binary, re-executed as `kvmlet vm-process` for each VM.
     pub exe: PathBuf,
     pub heartbeat_interval: Duration,
+    /// vCPUs offered per host CPU.
+    pub cpu_allocation_ratio: u64,
 }
 
 /// What every reconcile shares.
@@ -147,7 +149,7 @@ impl NodeLoop {
 }
 
 async fn register_until_done(ctx: &NodeContext) {
-    let capacity = registration::Capacity::of_this_host();
+    let capacity = registration::Capacity::of_this_host(ctx.config.cpu_allocation_ratio);
     let mut delay = Duration::from_millis(100);
     loop {
         match registration::register(&ctx.client, &ctx.config.node_name, capacity).await {

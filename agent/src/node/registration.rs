@@ -22,9 +22,10 @@ pub struct Capacity {
 }
 
 impl Capacity {
-    pub fn of_this_host() -> Capacity {
-        let vcpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-        Capacity { vcpus, memory_mib: vmm::config::host_memory_mib() }
+    /// `cpu_allocation_ratio` vCPUs per host CPU; memory is not overcommitted.
+    pub fn of_this_host(cpu_allocation_ratio: u64) -> Capacity {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        Capacity { vcpus: cpus * cpu_allocation_ratio, memory_mib: vmm::config::host_memory_mib() }
     }
 }
 

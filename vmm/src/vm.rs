@@ -202,13 +202,15 @@ impl Vm {
         // Coalesced console output reaches the console even while the guest
         // does nothing that exits (it may be halted).
         let (serial, exit) = (self.handle.serial.clone(), self.handle.exit.clone());
-        let replay = move || {
-            while exit.wait_timeout(REPLAY_INTERVAL).is_none() {
-                serial.lock().unwrap_or_else(|p| p.into_inner()).replay();
-            }
-        };
-        let thread = std::thread::Builder::new().name("serial".into()).spawn(replay).map_err(Error::Thread)?;
-        self.threads.push(thread);
+        if serial.lock().unwrap_or_else(|p| p.into_inner()).is_coalescing() {
+            let replay = move || {
+                while exit.wait_timeout(REPLAY_INTERVAL).is_none() {
+                    serial.lock().unwrap_or_else(|p| p.into_inner()).replay();
+                }
+            };
+            let thread = std::thread::Builder::new().name("serial".into()).spawn(replay).map_err(Error::Thread)?;
+            self.threads.push(thread);
+        }
         Ok(())
     }
 

@@ -54,6 +54,11 @@ impl SerialPort {
         Ok(())
     }
 
+    /// Whether THR writes may be queued by KVM (then they need `replay`).
+    pub fn is_coalescing(&self) -> bool {
+        self.coalescing.is_some()
+    }
+
     /// Feeds the queued THR writes to the UART, oldest first.
     pub fn replay(&mut self) {
         let Some(coalescing) = self.coalescing.as_mut() else { return };

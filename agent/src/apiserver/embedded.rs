@@ -217,4 +217,42 @@ mod tests {
         let error = vms.patch("raced", &PatchParams::default(), &Patch::Merge(&stale)).await.unwrap_err();
         assert!(matches!(error, kube::Error::Api(ref s) if s.code == 409), "{error}");
     }
+
+    /// A watch resumed from the resourceVersion a client just read delivers
+    /// the very next change, while another task keeps writing: nothing that
+    /// commits as the watch starts may fall between its history and its
+    /// live stream (kubectl delete --wait hung on such a gap).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_resumed_under_concurrent_writes_misses_no_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = EmbeddedApi::open(dir.path()).unwrap();
+        let vms: Api<VirtualMachine> = Api::default_namespaced(api.client());
+        vms.create(&PostParams::default(), &vm("busy")).await.unwrap();
+        let count = |vm: &VirtualMachine| vm.metadata.labels.as_ref().and_then(|l| l.get("n")?.parse::<u32>().ok());
+        const WRITES: u32 = 300;
+        let writer = {
+            let vms = vms.clone();
+            tokio::spawn(async move {
+                for n in 1..=WRITES {
+                    let patch = serde_json::json!({"metadata": {"labels": {"n": n.to_string()}}});
+                    vms.patch("busy", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+                }
+            })
+        };
+        let mut watches = 0;
+        while !writer.is_finished() {
+            let seen = vms.get("busy").await.unwrap();
+            let Some(n) = count(&seen).filter(|n| *n < WRITES) else { continue };
+            let version = seen.metadata.resource_version.clone().unwrap();
+            let events = vms.watch(&WatchParams::default().fields("metadata.name=busy"), &version).await.unwrap();
+            let mut events = std::pin::pin!(events);
+            match tokio_stream::StreamExt::next(&mut events).await.unwrap().unwrap() {
+                WatchEvent::Modified(next) => assert_eq!(count(&next), Some(n + 1), "the change after {version}"),
+                other => panic!("expected the next patch, got {other:?}"),
+            }
+            watches += 1;
+        }
+        writer.await.unwrap();
+        assert!(watches > 10, "only {watches} watches overlapped the writes");
+    }
 }

@@ -43,7 +43,11 @@ fn tree(root: &Path) -> Vec<String> {
 fn the_image_holds_the_binary_and_its_libraries_and_runs_a_vm() {
     let skopeo = e2e::require_tool("skopeo", "skopeo");
     let umoci = e2e::require_tool("umoci", "umoci");
-    let dir = tempfile::tempdir().unwrap();
+    // Under target/, not /tmp: a nodev /tmp would make the device node we
+    // create for the chroot unusable.
+    let scratch = e2e::workspace_root().join("target");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let dir = tempfile::tempdir_in(scratch).unwrap();
     let layout = dir.path().join("oci");
     let summary = build(&layout);
     assert!(summary.contains("oci:") && summary.contains("MiB"), "{summary}");

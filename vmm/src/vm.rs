@@ -205,7 +205,9 @@ impl Vm {
         if serial.lock().unwrap_or_else(|p| p.into_inner()).is_coalescing() {
             let replay = move || {
                 while exit.wait_timeout(REPLAY_INTERVAL).is_none() {
-                    serial.lock().unwrap_or_else(|p| p.into_inner()).replay();
+                    let mut serial = serial.lock().unwrap_or_else(|p| p.into_inner());
+                    serial.replay();
+                    serial.rearm_if_quiet(Instant::now());
                 }
             };
             let thread = std::thread::Builder::new().name("serial".into()).spawn(replay).map_err(Error::Thread)?;

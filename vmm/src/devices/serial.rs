@@ -6,7 +6,7 @@
 //! and at least every `REPLAY_INTERVAL`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_superio::serial::NoEvents;
@@ -20,6 +20,9 @@ use crate::console::Console;
 /// How long coalesced output may wait when the guest does nothing else with
 /// the port: short enough for an interactive console.
 pub const REPLAY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How long the transmit interrupt must stay off before coalescing resumes.
+const REARM_AFTER: Duration = Duration::from_millis(100);
 
 const THR: u8 = 0;
 const IER: u8 = 1;
@@ -40,6 +43,8 @@ struct Coalescing {
     /// Whether THR writes go to the ring now: not while the guest waits for
     /// the transmit interrupt, which needs each write seen at once.
     active: bool,
+    /// Since when the guest has had the transmit interrupt off.
+    thri_off_since: Option<Instant>,
 }
 
 impl SerialPort {
@@ -50,7 +55,7 @@ impl SerialPort {
     /// Lets KVM queue THR writes to `port` in `ring` instead of exiting.
     pub fn coalesce(&mut self, vm_fd: Arc<VmFd>, ring: CoalescedRing, port: u16) -> Result<(), kvm_ioctls::Error> {
         vm_fd.register_coalesced_mmio(IoEventAddress::Pio(port.into()), 1)?;
-        self.coalescing = Some(Coalescing { ring, vm_fd, port, active: true });
+        self.coalescing = Some(Coalescing { ring, vm_fd, port, active: true, thri_off_since: None });
         Ok(())
     }
 
@@ -73,26 +78,43 @@ impl SerialPort {
         });
     }
 
-    /// Coalescing stays on only while the transmit interrupt is off: a
-    /// guest that waits for it must see each byte taken at once.
+    /// Coalescing goes off as soon as the guest enables the transmit
+    /// interrupt (a guest that waits for it must see each byte taken at
+    /// once) and comes back only once the interrupt has stayed off for
+    /// `REARM_AFTER` (see `rearm_if_quiet`).
     fn follow_ier(&mut self, ier: u8) {
         let Some(coalescing) = self.coalescing.as_mut() else { return };
-        let wanted = ier & IER_THRI == 0;
-        if wanted == coalescing.active {
+        if ier & IER_THRI == 0 {
+            coalescing.thri_off_since.get_or_insert_with(Instant::now);
+            return;
+        }
+        coalescing.thri_off_since = None;
+        if !coalescing.active {
             return;
         }
         let zone = IoEventAddress::Pio(coalescing.port.into());
-        let result = if wanted {
-            coalescing.vm_fd.register_coalesced_mmio(zone, 1)
-        } else {
-            coalescing.vm_fd.unregister_coalesced_mmio(zone, 1)
-        };
-        match result {
-            Ok(()) => coalescing.active = wanted,
-            Err(e) => tracing::warn!(error = %e, wanted, "switching serial write coalescing failed"),
+        match coalescing.vm_fd.unregister_coalesced_mmio(zone, 1) {
+            Ok(()) => coalescing.active = false,
+            Err(e) => tracing::warn!(error = %e, "cannot stop coalescing serial writes"),
         }
         // Writes queued before the zone went away come before this one.
         self.replay();
+    }
+
+    /// Turns coalescing back on when the transmit interrupt has been off
+    /// since `REARM_AFTER` before `now`. Linux's console clears and
+    /// restores IER around every message; re-registering the zone each
+    /// time would cost more than the exits it saves.
+    pub fn rearm_if_quiet(&mut self, now: Instant) {
+        let Some(coalescing) = self.coalescing.as_mut() else { return };
+        let quiet = coalescing.thri_off_since.is_some_and(|since| now.duration_since(since) >= REARM_AFTER);
+        if coalescing.active || !quiet {
+            return;
+        }
+        match coalescing.vm_fd.register_coalesced_mmio(IoEventAddress::Pio(coalescing.port.into()), 1) {
+            Ok(()) => coalescing.active = true,
+            Err(e) => tracing::warn!(error = %e, "cannot coalesce serial writes again"),
+        }
     }
 
     /// Queues bytes typed on the console for the guest to read; returns how
@@ -156,7 +178,16 @@ mod tests {
         assert!(!active(&port), "waiting for the transmit interrupt");
         port.write(THR.into(), b"a");
         port.write(IER.into(), &[0]);
-        assert!(active(&port), "polling again");
+        let off = Instant::now();
+        port.rearm_if_quiet(off);
+        assert!(!active(&port), "not at once: the guest may turn the interrupt back on");
+        // Linux's console: IER restored within a message, so no re-arming.
+        port.write(IER.into(), &[IER_THRI]);
+        port.rearm_if_quiet(off + REARM_AFTER * 2);
+        assert!(!active(&port), "the interrupt is on again");
+        port.write(IER.into(), &[0]);
+        port.rearm_if_quiet(Instant::now() + REARM_AFTER);
+        assert!(active(&port), "polling again for long enough");
         // With DLAB set, offset 1 is the divisor latch, not IER.
         port.write(LCR.into(), &[LCR_DLAB]);
         port.write(IER.into(), &[IER_THRI]);

@@ -23,7 +23,8 @@ pub async fn run(client: Client, node_name: String) {
             }
         };
         if let Err(e) = assign(&client, &vmi, &node_name).await {
-            tracing::warn!(namespace = ?vmi.namespace(), vmi = %vmi.name_any(), uid = ?vmi.uid(), error = %e, "cannot assign the VMI");
+            let (namespace, uid) = (vmi.namespace().unwrap_or_default(), vmi.uid().unwrap_or_default());
+            tracing::warn!(%namespace, vmi = %vmi.name_any(), %uid, error = %e, "cannot assign the VMI");
         }
     }
 }
@@ -35,9 +36,13 @@ async fn assign(client: &Client, vmi: &VirtualMachineInstance, node_name: &str) 
     if vmi.metadata.deletion_timestamp.is_some() || phase.is_final() || (labelled && status.node_name.is_some()) {
         return Ok(());
     }
-    let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &vmi.namespace().unwrap_or_default());
+    let namespace = vmi.namespace().unwrap_or_default();
+    let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &namespace);
     let name = vmi.name_any();
-    if status.node_name.is_none() {
+    // The status patch's own watch event can arrive before the label is
+    // seen; then only the (idempotent) label patch is repeated, silently.
+    let scheduling = status.node_name.is_none();
+    if scheduling {
         let mut transitions = serde_json::to_value(&status.phase_transition_timestamps).unwrap_or_default();
         if let Some(list) = transitions.as_array_mut() {
             list.push(json!({"phase": VirtualMachineInstancePhase::Scheduled, "phaseTransitionTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}));
@@ -47,6 +52,8 @@ async fn assign(client: &Client, vmi: &VirtualMachineInstance, node_name: &str) 
     }
     let patch = json!({"metadata": {"labels": {NODE_NAME_LABEL: node_name}}});
     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    tracing::info!(namespace = ?vmi.namespace(), vmi = %name, uid = ?vmi.uid(), node = node_name, "VMI scheduled");
+    if scheduling {
+        tracing::info!(%namespace, vmi = %name, uid = vmi.uid().unwrap_or_default(), node = node_name, "VMI scheduled");
+    }
     Ok(())
 }

@@ -257,10 +257,9 @@ impl Store {
         })
     }
 
-    /// Changes after `revision` in `scope`, oldest first; `Expired` when the
-    /// history no longer reaches back that far.
-    /// Changes in `scope` after `revision`, and the revision they were read
-    /// at (one snapshot: a watch goes on live from exactly there).
+    /// Changes after `revision` in `scope`, oldest first, and the revision
+    /// they were read at (one snapshot: a watch goes on live from exactly
+    /// there); `Expired` when the history no longer reaches back that far.
     pub fn events_after(&self, revision: u64, scope: &Scope) -> Result<(Vec<Event>, u64), StoreError> {
         let txn = self.db.begin_read()?;
         let events = txn.open_table(EVENTS)?;

@@ -43,7 +43,6 @@ pub static mut PROBE_PD: PageDirectories = identity_directories();
 /// GDT: null, kernel code64 (0x08), kernel data (0x10), user data (0x18),
 /// user code64 (0x20), kernel code32 (0x28, only for the PVH far jump), and
 /// the 16-byte TSS descriptor (0x30) whose base the entry code fills in.
-const _: () = assert!(core::mem::size_of::<Tss>() - 1 == 0x2068);
 #[no_mangle]
 #[link_section = ".data"]
 pub static mut PROBE_GDT: [u64; 8] = [
@@ -68,6 +67,9 @@ pub struct Tss {
     io_map_base: u16,
     io_map: [u8; 8192 + 1],
 }
+
+/// The GDT's TSS limit (0x2068) is the size of this struct minus one.
+const _: () = assert!(core::mem::size_of::<Tss>() - 1 == 0x2068);
 
 #[no_mangle]
 #[link_section = ".data"]
@@ -322,11 +324,12 @@ const LAPIC_TIMER_INITIAL: u64 = LAPIC + 0x380;
 const LAPIC_TIMER_DIVIDE: u64 = LAPIC + 0x3e0;
 const LVT_MASKED: u32 = 1 << 16;
 
-/// A 64-bit interrupt gate to `handler` in the kernel code segment.
-fn gate(handler: unsafe extern "C" fn(), dpl: u64) -> [u64; 2] {
+/// A present 64-bit interrupt gate (DPL 0) to `handler` in the kernel code
+/// segment.
+fn gate(handler: unsafe extern "C" fn()) -> [u64; 2] {
+    const PRESENT_INTERRUPT_GATE: u64 = 0x8e;
     let offset = handler as *const () as usize as u64;
-    let present_interrupt_gate = 0x8e | (dpl << 5);
-    [(offset & 0xffff) | (0x08 << 16) | (present_interrupt_gate << 40) | ((offset >> 16) & 0xffff) << 48, offset >> 32]
+    [(offset & 0xffff) | (0x08 << 16) | (PRESENT_INTERRUPT_GATE << 40) | ((offset >> 16) & 0xffff) << 48, offset >> 32]
 }
 
 /// Sleeps about `nanos` (KVM's APIC timer counts at 1 GHz with divide by 1)
@@ -339,8 +342,8 @@ pub fn idle(nanos: u32) {
     unsafe {
         if !ARMED {
             let idt = &mut *core::ptr::addr_of_mut!(PROBE_IDT.0);
-            idt[2 * IDLE_VECTOR..][..2].copy_from_slice(&gate(probe_idle_entry, 0));
-            idt[2 * IDLE_TIMER_VECTOR..][..2].copy_from_slice(&gate(probe_idle_timer, 0));
+            idt[2 * IDLE_VECTOR..][..2].copy_from_slice(&gate(probe_idle_entry));
+            idt[2 * IDLE_TIMER_VECTOR..][..2].copy_from_slice(&gate(probe_idle_timer));
             // Only the timer may interrupt: KVM wires the 8259 PIC to LINT0
             // of the boot CPU, and the probe has no gate for its vectors.
             for lvt in [LAPIC_LVT_LINT0, LAPIC_LVT_LINT1, LAPIC_LVT_ERROR] {

@@ -47,6 +47,22 @@ struct Coalescing {
     thri_off_since: Option<Instant>,
 }
 
+impl Coalescing {
+    /// Registers (`on`) or unregisters the zone; `active` follows what KVM did.
+    fn switch(&mut self, on: bool) {
+        let zone = IoEventAddress::Pio(self.port.into());
+        let result = if on {
+            self.vm_fd.register_coalesced_mmio(zone, 1)
+        } else {
+            self.vm_fd.unregister_coalesced_mmio(zone, 1)
+        };
+        match result {
+            Ok(()) => self.active = on,
+            Err(e) => tracing::warn!(error = %e, on, "switching serial write coalescing failed"),
+        }
+    }
+}
+
 impl SerialPort {
     pub fn new(irq: IrqLine, console: Console) -> Self {
         SerialPort { uart: Serial::new(irq, console), coalescing: None }
@@ -92,11 +108,7 @@ impl SerialPort {
         if !coalescing.active {
             return;
         }
-        let zone = IoEventAddress::Pio(coalescing.port.into());
-        match coalescing.vm_fd.unregister_coalesced_mmio(zone, 1) {
-            Ok(()) => coalescing.active = false,
-            Err(e) => tracing::warn!(error = %e, "cannot stop coalescing serial writes"),
-        }
+        coalescing.switch(false);
         // Writes queued before the zone went away come before this one.
         self.replay();
     }
@@ -108,12 +120,8 @@ impl SerialPort {
     pub fn rearm_if_quiet(&mut self, now: Instant) {
         let Some(coalescing) = self.coalescing.as_mut() else { return };
         let quiet = coalescing.thri_off_since.is_some_and(|since| now.duration_since(since) >= REARM_AFTER);
-        if coalescing.active || !quiet {
-            return;
-        }
-        match coalescing.vm_fd.register_coalesced_mmio(IoEventAddress::Pio(coalescing.port.into()), 1) {
-            Ok(()) => coalescing.active = true,
-            Err(e) => tracing::warn!(error = %e, "cannot coalesce serial writes again"),
+        if quiet && !coalescing.active {
+            coalescing.switch(true);
         }
     }
 

@@ -4,7 +4,7 @@
 pub mod apiserver;
 pub mod cli;
 pub mod controller;
+pub mod debug_socket;
 pub mod metrics;
 pub mod node;
-pub mod nodesock;
 pub mod vmprocess;

@@ -2,8 +2,8 @@
 //! names, so existing manifests load unchanged) and the well-known labels,
 //! annotations and finalizers. Nothing here knows about KVM.
 
+pub mod debug;
 pub mod kubevirt;
 pub mod labels;
-pub mod node;
 
 pub use kubevirt::*;

@@ -2,8 +2,8 @@
 
 use serde_json::Value;
 
+use super::error::ApiError;
 use super::resources::Resource;
-use super::status::ApiError;
 
 fn invalid(resource: &Resource, name: &str, field: &str, message: &str) -> ApiError {
     let mut error = ApiError::invalid(resource.kind, name, vec![(field.to_string(), message.to_string())]);

@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::error::ApiError;
 use super::resources::{Resource, RESOURCES, VERBS};
-use super::status::ApiError;
 
 pub async fn version() -> Json<Value> {
     Json(json!({

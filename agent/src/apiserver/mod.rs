@@ -4,7 +4,7 @@
 //! served), `discovery`, `openapi` (v3, strict field validation), `objects`
 //! (CRUD, patches, deletion with finalizers and propagation policies,
 //! selectors), `watch`, `gc` (ownerReferences), `table` (kubectl columns),
-//! `admission` (KubeVirt's validation), `status` (errors as Status objects),
+//! `admission` (KubeVirt's validation), `error` (errors as Status objects),
 //! `server` (router, listeners, kubeconfig).
 //!
 //! `embedded` is the seam for the loops that run inside `kvmlet standalone`
@@ -37,6 +37,7 @@
 pub mod admission;
 pub mod discovery;
 pub mod embedded;
+pub mod error;
 pub mod events;
 pub mod gc;
 pub mod objects;
@@ -45,7 +46,6 @@ pub mod openapi_v2;
 pub mod patch;
 pub mod resources;
 pub mod server;
-pub mod status;
 pub mod store;
 pub mod table;
 pub mod tls;

@@ -7,8 +7,8 @@ use axum::extract::Path;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::error::ApiError;
 use super::resources::{Resource, RESOURCES};
-use super::status::ApiError;
 
 /// The schema of a resource's objects (CRD schema for kubevirt.io kinds;
 /// anything goes for the core kinds kvmlet stores on behalf of clients).

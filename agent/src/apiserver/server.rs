@@ -15,10 +15,10 @@ use axum::Router;
 use serde_json::json;
 
 use super::discovery;
+use super::error::ApiError;
 use super::objects::{self, Shared};
 use super::openapi;
 use super::openapi_v2;
-use super::status::ApiError;
 use super::store::{ObjectKey, Store, StoreError};
 
 /// Namespaces that exist from the start, as in every cluster.

@@ -8,8 +8,8 @@ use clap::Args;
 
 use super::node_args::NodeArgs;
 use super::systemd;
+use crate::debug_socket;
 use crate::node::NodeLoop;
-use crate::nodesock;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -33,9 +33,9 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         let _readiness = crate::controller::AbortOnDrop(super::health::ready_when_api_answers(client.clone(), ready));
         let node =
             NodeLoop::new(client, config.clone()).with_context(|| format!("--run-dir {}", config.run_dir.display()))?;
-        let socket = config.run_dir.join(nodesock::SOCKET_NAME);
-        let listener = nodesock::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
-        let server = nodesock::server::spawn(listener, node.vms());
+        let socket = config.run_dir.join(debug_socket::SOCKET_NAME);
+        let listener = debug_socket::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
+        let server = debug_socket::server::spawn(listener, node.vms());
         tracing::info!(node = %config.node_name, socket = %socket.display(), "node agent ready");
         systemd::notify_ready();
         let watchdog = tokio::spawn(systemd::watchdog());

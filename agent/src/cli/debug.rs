@@ -9,10 +9,10 @@ use clap::{Args, ValueEnum};
 use http_body_util::BodyExt;
 use hyper::body::Bytes;
 use hyper::Method;
-use proto::node::{VmDetail, VmSummary};
+use proto::debug::{VmDetail, VmSummary};
 
-use crate::nodesock::client::{vm_path, NodeClient};
-use crate::nodesock::SOCKET_NAME;
+use crate::debug_socket::client::{vm_path, NodeClient};
+use crate::debug_socket::SOCKET_NAME;
 
 use super::print_out;
 

@@ -12,8 +12,8 @@ use super::node_args::NodeArgs;
 use crate::apiserver::embedded::EmbeddedApi;
 use crate::apiserver::{server, tls};
 use crate::controller;
+use crate::debug_socket;
 use crate::node::{assign, NodeLoop};
-use crate::nodesock;
 
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
@@ -60,9 +60,9 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
         if let Some(config) = node_config {
             let node = NodeLoop::new(api.client(), config.clone())
                 .with_context(|| format!("--run-dir {}", config.run_dir.display()))?;
-            let socket = config.run_dir.join(nodesock::SOCKET_NAME);
-            let listener = nodesock::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
-            nodesock::server::spawn(listener, node.vms());
+            let socket = config.run_dir.join(debug_socket::SOCKET_NAME);
+            let listener = debug_socket::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
+            debug_socket::server::spawn(listener, node.vms());
             tokio::spawn(assign::run(api.client(), config.node_name.clone()));
             tokio::spawn(node.run(std::future::pending()));
             tracing::info!(node = %config.node_name, socket = %socket.display(), "node loop started");

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use proto::node::VmExitKind;
+use proto::debug::VmExitKind;
 
 use crate::vmprocess::server;
 use crate::vmprocess::StateDir;

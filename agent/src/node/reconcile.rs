@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
+use proto::debug::{ControlRequest, VmExit, VmExitKind};
 use proto::kubevirt::{VirtualMachineInstance, VirtualMachineInstancePhase as Phase};
 use proto::labels::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
-use proto::node::{ControlRequest, VmExit, VmExitKind};
 use tracing::Instrument;
 
 use super::report::PhaseChange;

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::ObjectRef;
+use proto::debug::{VmExit, VmProcessState, VmProcessStatus, VmSummary};
 use proto::kubevirt::VirtualMachineInstance;
-use proto::node::{VmExit, VmProcessState, VmProcessStatus, VmSummary};
 use tokio::sync::mpsc::UnboundedSender;
 use vmm::VmConfig;
 
@@ -65,7 +65,7 @@ impl VmEntry {
         let last_exit = match &self.process {
             Process::Exited(Some(exit)) => Some(exit.clone()),
             Process::Exited(None) => Some(VmExit {
-                kind: proto::node::VmExitKind::Error,
+                kind: proto::debug::VmExitKind::Error,
                 message: "the VM process died without recording an exit".into(),
                 at_ms: 0,
             }),

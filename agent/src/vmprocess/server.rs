@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use proto::node::{ControlRequest, VmExit, VmExitKind, VmProcessState, VmProcessStatus};
+use proto::debug::{ControlRequest, VmExit, VmExitKind, VmProcessState, VmProcessStatus};
 use vmm::{ExitReason, Vm, VmHandle};
 
 use super::state_dir::{StateDir, VmIdentity};

@@ -6,9 +6,9 @@
 //! | `vm.json` | agent, before spawning | [`VmRecord`]: the VMI's identity and the `VmConfig` |
 //! | `lock` | VM process holds `flock` on it while alive | at most one VM process per UID |
 //! | `pid` | VM process | its pid |
-//! | `control.sock` | VM process | [`proto::node::ControlRequest`] lines |
+//! | `control.sock` | VM process | [`proto::debug::ControlRequest`] lines |
 //! | `serial.log` | VM process | the guest's serial console |
-//! | `exit.json` | VM process, last | [`proto::node::VmExit`] |
+//! | `exit.json` | VM process, last | [`proto::debug::VmExit`] |
 //! | `vmm.log` | VM process (stderr) | its own log |
 //! | `disks/` | agent | seed image, empty disks, container disk copies |
 
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use proto::node::VmExit;
+use proto::debug::VmExit;
 use serde::{Deserialize, Serialize};
 use vmm::VmConfig;
 

@@ -6,8 +6,8 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::{check_fields, create, update, Target};
+use crate::apiserver::error::ApiError;
 use crate::apiserver::patch;
-use crate::apiserver::status::ApiError;
 use crate::apiserver::store::Store;
 
 /// Content type of server-side apply requests (kubectl and kube-rs send JSON,

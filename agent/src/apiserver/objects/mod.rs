@@ -14,11 +14,11 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::admission;
+use super::error::ApiError;
 use super::events;
 use super::gc;
 use super::openapi;
 use super::resources::{Resource, RESOURCES};
-use super::status::ApiError;
 use super::store::{ObjectKey, Scope, Store};
 use super::table;
 use super::watch::{self, WatchRequest};

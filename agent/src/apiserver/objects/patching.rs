@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use super::Target;
+use crate::apiserver::error::ApiError;
 use crate::apiserver::patch;
-use crate::apiserver::status::ApiError;
 use crate::apiserver::store::ObjectKey;
 
 /// One lock per object: racing patches of one object take turns (the real

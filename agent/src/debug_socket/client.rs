@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
-use proto::node::NodeSocketError;
+use proto::debug::NodeSocketError;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use proto::node::{ControlRequest, NodeSocketError, VmDetail};
+use proto::debug::{ControlRequest, NodeSocketError, VmDetail};
 use serde::Deserialize;
 
 use crate::node::vms::{Process, VmEntry, VmTable};

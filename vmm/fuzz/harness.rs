@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::devices::irq::IrqLine;
-use vmm::devices::virtio::block::{process_queue, Disk, ID_BYTES};
+use vmm::devices::virtio::block::{process_queue, Disk, ID_BYTES, SECTOR_SIZE};
 use vmm::devices::virtio::{ActiveQueue, Interrupt};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -142,7 +142,7 @@ pub fn run(data: &[u8]) -> Outcome {
     let disk = Disk {
         file: file.try_clone().unwrap(),
         readonly: data.len() % 2 == 1,
-        capacity_sectors: DISK_BYTES / 512,
+        capacity_sectors: DISK_BYTES / SECTOR_SIZE,
         id: [7; ID_BYTES],
     };
 

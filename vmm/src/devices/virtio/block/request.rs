@@ -48,13 +48,6 @@ const _: () = assert!(RANGE_BYTES == 16);
 const _: () = assert!((MAX_SEGMENTS as u64) * (MAX_SEGMENT_BYTES as u64) < u32::MAX as u64);
 const _: () = assert!(MAX_SEGMENTS + 2 == super::QUEUE_SIZE as usize);
 
-const T_IN: u32 = VIRTIO_BLK_T_IN;
-const T_OUT: u32 = VIRTIO_BLK_T_OUT;
-const T_FLUSH: u32 = VIRTIO_BLK_T_FLUSH;
-const T_GET_ID: u32 = VIRTIO_BLK_T_GET_ID;
-const T_DISCARD: u32 = VIRTIO_BLK_T_DISCARD;
-const T_WRITE_ZEROES: u32 = VIRTIO_BLK_T_WRITE_ZEROES;
-
 pub const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
 pub const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 pub const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
@@ -77,12 +70,12 @@ pub enum RequestType {
 impl RequestType {
     fn from_raw(raw: u32) -> Self {
         match raw {
-            T_IN => RequestType::In,
-            T_OUT => RequestType::Out,
-            T_FLUSH => RequestType::Flush,
-            T_GET_ID => RequestType::GetId,
-            T_DISCARD => RequestType::Discard,
-            T_WRITE_ZEROES => RequestType::WriteZeroes,
+            VIRTIO_BLK_T_IN => RequestType::In,
+            VIRTIO_BLK_T_OUT => RequestType::Out,
+            VIRTIO_BLK_T_FLUSH => RequestType::Flush,
+            VIRTIO_BLK_T_GET_ID => RequestType::GetId,
+            VIRTIO_BLK_T_DISCARD => RequestType::Discard,
+            VIRTIO_BLK_T_WRITE_ZEROES => RequestType::WriteZeroes,
             other => RequestType::Unsupported(other),
         }
     }

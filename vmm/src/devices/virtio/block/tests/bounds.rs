@@ -3,15 +3,18 @@
 
 use std::os::unix::fs::FileExt;
 
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 
-const T_IN: u32 = 0;
-const T_DISCARD: u32 = 11;
-const T_WRITE_ZEROES: u32 = 13;
-const UNMAP: u32 = 1;
+const T_IN: u32 = VIRTIO_BLK_T_IN;
+const T_DISCARD: u32 = VIRTIO_BLK_T_DISCARD;
+const T_WRITE_ZEROES: u32 = VIRTIO_BLK_T_WRITE_ZEROES;
+const UNMAP: u32 = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
 /// A 4 MiB guest buffer of discard ranges, as the flood of issue 12 used.
 const FLOOD: u64 = 0x80_0000;
 

@@ -328,3 +328,23 @@ fn zero_by_writing(file: &File, mut offset: u64, mut len: u64) -> Result<(), u8>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fallback for filesystems without `FALLOC_FL_ZERO_RANGE`.
+    #[test]
+    fn zero_by_writing_covers_ranges_longer_than_its_buffer() {
+        let file = tempfile::tempfile().unwrap();
+        let size = 4 * ZEROS.len();
+        file.write_all_at(&vec![0xaa; size], 0).unwrap();
+        let (offset, len) = (512, 2 * ZEROS.len() + 1024);
+        zero_by_writing(&file, offset as u64, len as u64).unwrap();
+        let mut back = vec![0u8; size];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert!(back[..offset].iter().all(|b| *b == 0xaa));
+        assert!(back[offset..offset + len].iter().all(|b| *b == 0));
+        assert!(back[offset + len..].iter().all(|b| *b == 0xaa));
+    }
+}

@@ -5,17 +5,19 @@
 #[path = "../fuzz/harness.rs"]
 mod harness;
 
+/// Writes descriptor `i` of the input's descriptor table.
+fn desc(input: &mut [u8], i: usize, addr: u64, len: u32, flags: u16, next: u16) {
+    let d = &mut input[i * 16..i * 16 + 16];
+    d[0..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&flags.to_le_bytes());
+    d[14..16].copy_from_slice(&next.to_le_bytes());
+}
+
 /// A valid three-descriptor request (header, data, status) to mutate.
 fn seed(kind: u32, sector: u64, len: u32, write: bool) -> Vec<u8> {
     // Even length: a writable disk (see the harness).
     let mut input = vec![0u8; 256 + 33 + 0x1000 + 1];
-    let desc = |input: &mut Vec<u8>, i: usize, addr: u64, len: u32, flags: u16, next: u16| {
-        let d = &mut input[i * 16..i * 16 + 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
-    };
     // A FLUSH (len 0) has no data descriptor: the header links to the status.
     desc(&mut input, 0, 0x2000, 16, 1, if len > 0 { 1 } else { 2 });
     desc(&mut input, 1, 0x2100, len, if write { 1 } else { 3 }, 2);
@@ -70,13 +72,6 @@ fn pseudo_random_inputs() {
 fn discard_and_write_zeroes_floods_cost_no_heap() {
     for kind in [11u32, 13] {
         let mut input = seed(kind, 0, 16, true);
-        let desc = |input: &mut Vec<u8>, i: usize, addr: u64, len: u32, flags: u16, next: u16| {
-            let d = &mut input[i * 16..i * 16 + 16];
-            d[0..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&next.to_le_bytes());
-        };
         // Header (descriptor 0), 14 segments of ranges over the same buffer, status last.
         desc(&mut input, 0, 0x2000, 16, 1, 1);
         for i in 1..15 {

@@ -42,8 +42,10 @@ const F_WRITE_ZEROES: u64 = 1 << VIRTIO_BLK_F_WRITE_ZEROES;
 #[repr(transparent)]
 struct ConfigSpace(virtio_blk_config);
 
-// SAFETY: `virtio_blk_config` is `repr(C, packed)` and made of integers and
-// integer arrays only: no padding, and every byte pattern is a valid value.
+// SAFETY: `virtio_blk_config` is `repr(C, packed)` and made of integers,
+// integer arrays and `repr(C)` structs of them without padding (bindgen's
+// layout assertions pin every size and offset): every byte is initialised
+// and every byte pattern is a valid value.
 unsafe impl ByteValued for ConfigSpace {}
 
 impl ConfigSpace {

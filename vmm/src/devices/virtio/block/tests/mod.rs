@@ -240,27 +240,30 @@ fn discard_and_write_zeroes_clear_the_range() {
 
 #[test]
 fn config_space_reports_capacity_and_limits() {
-    use virtio_bindings::virtio_blk::virtio_blk_config;
-    let read_u32 = |block: &Block, offset: usize| {
+    let read_u32 = |block: &Block, offset: u64| {
         let mut bytes = [0u8; 4];
-        block.read_config(offset as u64, &mut bytes);
+        block.read_config(offset, &mut bytes);
         u32::from_le_bytes(bytes)
     };
     let file = tempfile::NamedTempFile::new().unwrap();
     let writable = Block::new(file.reopen().unwrap(), false, None).unwrap();
+    // Offsets from the virtio spec (5.2.4, struct virtio_blk_config), not from the bindings.
     let limits = [
-        (std::mem::offset_of!(virtio_blk_config, size_max), MAX_SEGMENT_BYTES),
-        (std::mem::offset_of!(virtio_blk_config, seg_max), MAX_SEGMENTS as u32),
-        (std::mem::offset_of!(virtio_blk_config, blk_size), SECTOR_SIZE as u32),
-        (std::mem::offset_of!(virtio_blk_config, max_discard_sectors), MAX_DISCARD_SECTORS),
-        (std::mem::offset_of!(virtio_blk_config, max_discard_seg), 1),
-        (std::mem::offset_of!(virtio_blk_config, discard_sector_alignment), DISCARD_SECTOR_ALIGNMENT),
-        (std::mem::offset_of!(virtio_blk_config, max_write_zeroes_sectors), MAX_WRITE_ZEROES_SECTORS),
-        (std::mem::offset_of!(virtio_blk_config, max_write_zeroes_seg), 1),
+        (8, MAX_SEGMENT_BYTES, "size_max"),
+        (12, MAX_SEGMENTS as u32, "seg_max"),
+        (20, SECTOR_SIZE as u32, "blk_size"),
+        (36, MAX_DISCARD_SECTORS, "max_discard_sectors"),
+        (40, 1, "max_discard_seg"),
+        (44, DISCARD_SECTOR_ALIGNMENT, "discard_sector_alignment"),
+        (48, MAX_WRITE_ZEROES_SECTORS, "max_write_zeroes_sectors"),
+        (52, 1, "max_write_zeroes_seg"),
     ];
-    for (offset, value) in limits {
-        assert_eq!(read_u32(&writable, offset), value, "config offset {offset}");
+    for (offset, value, field) in limits {
+        assert_eq!(read_u32(&writable, offset), value, "{field}");
     }
+    let mut may_unmap = [0u8];
+    writable.read_config(56, &mut may_unmap);
+    assert_eq!(may_unmap, [1], "write_zeroes_may_unmap");
     let features = writable.features();
     for feature in [F_SIZE_MAX, F_SEG_MAX, F_BLK_SIZE, F_FLUSH, F_DISCARD, F_WRITE_ZEROES] {
         assert_ne!(features & feature, 0, "feature {feature:#x}");

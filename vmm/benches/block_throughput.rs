@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::devices::irq::IrqLine;
-use vmm::devices::virtio::block::{process_queue, Disk, ID_BYTES, QUEUE_SIZE};
+use vmm::devices::virtio::block::{process_queue, Disk, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 use vmm::devices::virtio::guest_queue::GuestQueue;
 use vmm::devices::virtio::{ActiveQueue, Interrupt};
 use vmm_sys_util::eventfd::EventFd;
@@ -53,7 +53,7 @@ fn rig(file: &File) -> Rig {
     let disk = Disk {
         file: file.try_clone().unwrap(),
         readonly: false,
-        capacity_sectors: DISK_BYTES / 512,
+        capacity_sectors: DISK_BYTES / SECTOR_SIZE,
         id: [0; ID_BYTES],
     };
     let active = ActiveQueue { queue, notify: Arc::new(EventFd::new(0).unwrap()) };
@@ -85,7 +85,7 @@ fn through_device(rig: &mut Rig, workload: Workload, offsets: &[u64]) -> Duratio
             let header = HEADERS + slot as u64 * 32;
             let data = DATA + slot as u64 * workload.block;
             rig.mem.write_obj(u32::from(workload.write), GuestAddress(header)).unwrap();
-            rig.mem.write_obj(offset / 512, GuestAddress(header + 8)).unwrap();
+            rig.mem.write_obj(offset / SECTOR_SIZE, GuestAddress(header + 8)).unwrap();
             rig.driver.add_chain(
                 &rig.mem,
                 &[(header, 16, false), (data, workload.block as u32, !workload.write), (header + 16, 1, true)],

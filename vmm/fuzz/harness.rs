@@ -5,16 +5,20 @@
 // The input is what a hostile guest controls: the descriptor table, the
 // available ring and the bytes of guest memory the descriptors point at
 // (headers, sectors, statuses); an odd-length input makes the disk read-only.
-// The device must return every chain it takes,
-// never panic, and never change the disk's size.
+// The device must return every chain it takes, never panic, never change
+// the disk's size, and never hold more than `MAX_HEAP_BYTES` of heap while it
+// serves the queue, whatever sizes and counts the guest wrote (a counting
+// global allocator measures it, per thread).
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::fs::File;
 use std::sync::{Arc, OnceLock};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::devices::irq::IrqLine;
-use vmm::devices::virtio::block::{process_queue, Disk, ID_BYTES};
+use vmm::devices::virtio::block::{process_queue, Disk, ID_BYTES, SECTOR_SIZE};
 use vmm::devices::virtio::{ActiveQueue, Interrupt};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -25,6 +29,82 @@ const AVAIL_RING: u64 = 0x1100;
 const USED_RING: u64 = 0x1200;
 const GUEST_DATA: u64 = 0x2000;
 const DISK_BYTES: u64 = 64 << 10;
+
+/// Heap the device may hold at once while serving one queue of up to
+/// `QUEUE_SIZE` requests: its chain list and each request's segment list.
+/// Guest-chosen lengths (up to the whole of guest memory) must not show here.
+pub const MAX_HEAP_BYTES: usize = 16 << 10;
+
+/// The system allocator, counting the bytes each thread holds and the most it held.
+struct CountingAllocator;
+
+thread_local! {
+    static HELD: Cell<usize> = const { Cell::new(0) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
+}
+
+fn held_grew(bytes: usize) {
+    let _ = HELD.try_with(|held| {
+        held.set(held.get() + bytes);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(held.get())));
+    });
+}
+
+fn held_shrank(bytes: usize) {
+    // Memory freed by another thread than the one that took it may go below zero here.
+    let _ = HELD.try_with(|held| held.set(held.get().saturating_sub(bytes)));
+}
+
+// SAFETY: every call is forwarded to `System` with the caller's arguments
+// unchanged; the bookkeeping touches only const-initialised thread-locals,
+// which never allocate.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which is System's.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            held_grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for alloc.
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            held_grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator, that is from System, with `layout`.
+        unsafe { System.dealloc(ptr, layout) };
+        held_shrank(layout.size());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for dealloc; `new_size` is the caller's, valid for `layout`'s alignment.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            held_shrank(layout.size());
+            held_grew(new_size);
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Runs `f` and returns its result and the most heap this thread held
+/// during it beyond what it held before.
+fn peak_heap<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let before = HELD.with(Cell::get);
+    PEAK.with(|peak| peak.set(before));
+    let result = f();
+    (result, PEAK.with(Cell::get) - before)
+}
 
 fn disk_file() -> &'static File {
     static FILE: OnceLock<File> = OnceLock::new();
@@ -40,6 +120,8 @@ pub struct Outcome {
     pub needs_reset: bool,
     /// The status byte of the first request, at guest address 0x2010 in the seeds.
     pub first_status: u8,
+    /// The most heap the device held while serving the queue.
+    pub heap_bytes: usize,
 }
 
 pub fn run(data: &[u8]) -> Outcome {
@@ -60,7 +142,7 @@ pub fn run(data: &[u8]) -> Outcome {
     let disk = Disk {
         file: file.try_clone().unwrap(),
         readonly: data.len() % 2 == 1,
-        capacity_sectors: DISK_BYTES / 512,
+        capacity_sectors: DISK_BYTES / SECTOR_SIZE,
         id: [7; ID_BYTES],
     };
 
@@ -71,7 +153,7 @@ pub fn run(data: &[u8]) -> Outcome {
     queue.set_ready(true);
     let mut active = ActiveQueue { queue, notify: Arc::new(EventFd::new(0).unwrap()) };
     let interrupt = Interrupt::new(IrqLine::new().unwrap());
-    process_queue(&mem, &mut active, &interrupt, &disk);
+    let ((), heap_bytes) = peak_heap(|| process_queue(&mem, &mut active, &interrupt, &disk));
 
     let used: u16 = mem.read_obj(GuestAddress(USED_RING + 2)).unwrap();
     let needs_reset = interrupt.needs_reset();
@@ -80,6 +162,7 @@ pub fn run(data: &[u8]) -> Outcome {
     assert!(used == available || needs_reset, "used {used} of {available} chains without asking for a reset");
     assert!(used <= available);
     assert_eq!(file.metadata().unwrap().len(), DISK_BYTES, "the disk never grows or shrinks");
+    assert!(heap_bytes <= MAX_HEAP_BYTES, "the device held {heap_bytes} bytes of heap serving one queue");
     let first_status = mem.read_obj(GuestAddress(GUEST_DATA + 0x10)).unwrap();
-    Outcome { available, used, needs_reset, first_status }
+    Outcome { available, used, needs_reset, first_status, heap_bytes }
 }

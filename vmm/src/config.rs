@@ -15,8 +15,8 @@ use crate::arch::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS, MAX_VIRTIO_DEVICES};
 
 /// SMBIOS strings are at most 64 characters in practice (dmidecode, firmware UIs).
 pub const MAX_FIRMWARE_SERIAL_LEN: usize = 64;
-/// virtio-blk GET_ID returns at most 20 bytes.
-pub const MAX_DISK_SERIAL_LEN: usize = 20;
+/// virtio-blk GET_ID returns at most `ID_BYTES` (20) bytes.
+pub const MAX_DISK_SERIAL_LEN: usize = crate::devices::virtio::block::ID_BYTES;
 
 /// One microVM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use vmm_sys_util::signal::Killable;
 
 use crate::arch::layout::{
     self, ACPI_SHUTDOWN_PORT, ACPI_SHUTDOWN_PORT_LEN, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, GED_IRQ, GED_MMIO_SIZE,
-    GED_MMIO_START, I8042_DATA_PORT,
+    GED_MMIO_START, I8042_DATA_PORT, I8042_PORT_LEN,
 };
 use crate::arch::x86_64::boot_params::{self, BootInfo};
 use crate::arch::x86_64::regs::EntryProtocol;
@@ -32,8 +32,6 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::firmware;
 use crate::vcpu::{install_kick_handler, kick_signal, Vcpu};
 
-/// KVM's TSS needs three pages of guest-physical space outside RAM.
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// How long `wait` keeps kicking vCPUs that do not leave KVM_RUN.
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -100,7 +98,7 @@ impl Vm {
         }
         let vm_fd = Arc::new(kvm.create_vm().map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?);
         let memory = guest_memory(&vm_fd, config.memory_bytes())?;
-        vm_fd.set_tss_address(KVM_TSS_ADDRESS).map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
+        vm_fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize).map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
         vm_fd.create_irq_chip().map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         vm_fd.create_pit2(pit).map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
@@ -130,7 +128,7 @@ impl Vm {
         let serial = Arc::new(Mutex::new(SerialPort::new(serial_irq, console)));
         let mut pio = Bus::new();
         pio.insert(COM1_PORT.into(), COM1_PORT_LEN.into(), serial.clone())?;
-        pio.insert(I8042_DATA_PORT.into(), 5, Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
+        pio.insert(I8042_DATA_PORT.into(), I8042_PORT_LEN.into(), Arc::new(Mutex::new(I8042::new(exit.clone()))))?;
         let shutdown = Arc::new(Mutex::new(AcpiShutdown::new(exit.clone())));
         pio.insert(ACPI_SHUTDOWN_PORT.into(), ACPI_SHUTDOWN_PORT_LEN.into(), shutdown)?;
         let mut mmio = Bus::new();

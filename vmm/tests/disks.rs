@@ -7,8 +7,11 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{config, probe, run};
+use vmm::devices::virtio::block::SECTOR_SIZE;
 use vmm::nocloud::{CloudInitNoCloud, NoCloudSeed};
 use vmm::{DiskConfig, ExitReason, VmConfig};
+
+const SECTOR: usize = SECTOR_SIZE as usize;
 
 /// The vm-cirros manifest's `cloudInitNoCloud.userDataBase64`.
 const SEED_USER_DATA_BASE64: &str = "IyEvYmluL3NoCgplY2hvICdwcmludGVkIGZyb20gY2xvdWQtaW5pdCB1c2VyZGF0YScK";
@@ -20,7 +23,7 @@ fn disk(path: &Path, readonly: bool, serial: &str) -> DiskConfig {
 fn image(dir: &Path, name: &str, sectors: u64) -> PathBuf {
     let path = dir.join(name);
     let file = std::fs::File::create(&path).unwrap();
-    file.set_len(sectors * 512).unwrap();
+    file.set_len(sectors * SECTOR_SIZE).unwrap();
     path
 }
 
@@ -67,16 +70,16 @@ fn marker_lands_in_the_data_disk_file() {
     assert!(console.contains("probe: marker disk=0 sector=37 write=ok flush=ok readback=marker"), "{console}");
     let bytes = std::fs::read(&data).unwrap();
     let marker = b"KVMLET-PROBE-MARKER sector=37";
-    assert_eq!(&bytes[37 * 512..37 * 512 + marker.len()], marker);
-    assert!(bytes[..37 * 512].iter().all(|b| *b == 0), "nothing else was written");
-    assert!(bytes[38 * 512..].iter().all(|b| *b == 0), "nothing else was written");
+    assert_eq!(&bytes[37 * SECTOR..37 * SECTOR + marker.len()], marker);
+    assert!(bytes[..37 * SECTOR].iter().all(|b| *b == 0), "nothing else was written");
+    assert!(bytes[38 * SECTOR..].iter().all(|b| *b == 0), "nothing else was written");
 }
 
 #[test]
 fn read_only_disk_is_unchanged_after_a_write_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ro.img");
-    let content: Vec<u8> = (0..2048 * 512).map(|i| (i % 253) as u8).collect();
+    let content: Vec<u8> = (0..2048 * SECTOR).map(|i| (i % 253) as u8).collect();
     std::fs::write(&path, &content).unwrap();
     let vm = VmConfig {
         disks: vec![disk(&path, true, "ro-0")],

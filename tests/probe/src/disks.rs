@@ -5,25 +5,28 @@
 use crate::bootinfo::cmdline_value;
 use crate::report;
 use crate::serial;
-use crate::virtio::{BlockDevice, MAX_TRANSFER, SECTOR, S_OK, T_FLUSH, T_GET_ID, T_IN, T_OUT};
+use crate::virtio::{
+    BlockDevice, ID_BYTES, MAX_TRANSFER, SECTOR_SIZE, S_IOERR, S_OK, S_TIMEOUT, S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID,
+    T_IN, T_OUT, T_WRITE_ZEROES,
+};
 
 const ISO_SECTOR: u64 = 2048;
 const MARKER: &[u8] = b"KVMLET-PROBE-MARKER sector=";
 
 fn status_name(status: u8) -> &'static str {
     match status {
-        0 => "ok",
-        1 => "ioerr",
-        2 => "unsupp",
-        0xff => "timeout",
+        S_OK => "ok",
+        S_IOERR => "ioerr",
+        S_UNSUPP => "unsupp",
+        S_TIMEOUT => "timeout",
         _ => "unknown",
     }
 }
 
 /// Reads `bytes` (at most MAX_TRANSFER) at byte `offset` (sector aligned).
 fn read(dev: &mut BlockDevice, offset: u64, bytes: usize) -> Result<&[u8], u8> {
-    let len = bytes.div_ceil(SECTOR) * SECTOR;
-    match dev.request(T_IN, offset / SECTOR as u64, len) {
+    let len = bytes.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
+    match dev.request(T_IN, offset / SECTOR_SIZE as u64, len) {
         S_OK => Ok(&dev.data()[..bytes]),
         status => Err(status),
     }
@@ -105,14 +108,14 @@ fn print_user_data(dev: &mut BlockDevice, offset: u64, size: usize) {
 
 fn write_marker(dev: &mut BlockDevice, index: usize, sector: u64) {
     let data = dev.data();
-    data[..SECTOR].fill(0);
+    data[..SECTOR_SIZE].fill(0);
     let mut text = crate::heapless_string::Line::new();
     let _ = core::fmt::Write::write_fmt(&mut text, format_args!("{}", sector));
     data[..MARKER.len()].copy_from_slice(MARKER);
     data[MARKER.len()..MARKER.len() + text.as_str().len()].copy_from_slice(text.as_str().as_bytes());
-    let write = dev.request(T_OUT, sector, SECTOR);
+    let write = dev.request(T_OUT, sector, SECTOR_SIZE);
     let flush = dev.request(T_FLUSH, 0, 0);
-    let readback = match dev.request(T_IN, sector, SECTOR) {
+    let readback = match dev.request(T_IN, sector, SECTOR_SIZE) {
         S_OK if dev.data()[..MARKER.len()] == *MARKER => "marker",
         S_OK => "other",
         status => status_name(status),
@@ -127,8 +130,34 @@ fn write_marker(dev: &mut BlockDevice, index: usize, sector: u64) {
     );
 }
 
-/// Visits every virtio-blk disk in DSDT order.
-pub fn probe_disks(bases: &[u64], cmdline: &str) {
+/// Bytes of each data segment of a flood request.
+pub const FLOOD_SEGMENT_BYTES: u32 = 4 << 20;
+
+/// Issue 12's hostile requests: one DISCARD, then one WRITE_ZEROES, each
+/// with as many data segments as the queue allows, every one the same
+/// `FLOOD_SEGMENT_BYTES` of zeroed RAM at `buffer` (ranges of sector 0,
+/// 0 sectors: 262144 of them per segment). A device that honours its
+/// `max_discard_seg` / `max_write_zeroes_seg` of 1 answers UNSUPP at once.
+fn flood(dev: &mut BlockDevice, index: usize, buffer: u64) {
+    let segments = [(buffer, FLOOD_SEGMENT_BYTES); 256];
+    let count = dev.max_segments().min(segments.len());
+    let discard = dev.submit(T_DISCARD, 0, &segments[..count]);
+    let write_zeroes = dev.submit(T_WRITE_ZEROES, 0, &segments[..count]);
+    report!(
+        "blk-flood disk={} segments={} segment_bytes={} discard={} write_zeroes={}",
+        index,
+        count,
+        FLOOD_SEGMENT_BYTES,
+        status_name(discard),
+        status_name(write_zeroes)
+    );
+}
+
+/// Visits every virtio-blk disk in DSDT order. `flood_buffer` is free RAM of
+/// `FLOOD_SEGMENT_BYTES`, if there is any.
+pub fn probe_disks(bases: &[u64], cmdline: &str, flood_buffer: Option<u64>) {
+    let flood_wanted = cmdline_value(cmdline, "probe.blk_flood") == Some("1");
+    let mut flooded = false;
     let marker_sector = cmdline_value(cmdline, "probe.marker_sector").and_then(|s| s.parse::<u64>().ok());
     let marker_disk = cmdline_value(cmdline, "probe.marker_disk").and_then(|s| s.parse::<usize>().ok());
     let mut marked = false;
@@ -140,15 +169,15 @@ pub fn probe_disks(bases: &[u64], cmdline: &str) {
                 continue;
             }
         };
-        let serial = match dev.request(T_GET_ID, 0, 20) {
+        let serial = match dev.request(T_GET_ID, 0, ID_BYTES) {
             S_OK => {
-                let id = &dev.data()[..20];
-                let len = id.iter().position(|b| *b == 0).unwrap_or(20);
-                let mut copy = [0u8; 20];
+                let id = &dev.data()[..ID_BYTES];
+                let len = id.iter().position(|b| *b == 0).unwrap_or(ID_BYTES);
+                let mut copy = [0u8; ID_BYTES];
                 copy[..len].copy_from_slice(&id[..len]);
                 (copy, len)
             }
-            _ => ([0u8; 20], 0),
+            _ => ([0u8; ID_BYTES], 0),
         };
         let serial_text = core::str::from_utf8(&serial.0[..serial.1]).unwrap_or("?");
         report!(
@@ -171,6 +200,13 @@ pub fn probe_disks(bases: &[u64], cmdline: &str) {
         if let (Some(sector), true) = (marker_sector, wanted) {
             write_marker(&mut dev, index, sector);
             marked = true;
+        }
+        if flood_wanted && !flooded && user_data.is_none() && !dev.readonly {
+            match flood_buffer {
+                Some(buffer) => flood(&mut dev, index, buffer),
+                None => report!("error blk-flood: no free RAM for its buffer"),
+            }
+            flooded = true;
         }
         dev.shutdown();
     }

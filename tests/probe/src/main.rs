@@ -25,6 +25,9 @@ use hw::{mmio_read8, mmio_write8, outb, outw, pause};
 const GAS_SYSTEM_MEMORY: u8 = 0;
 const GAS_SYSTEM_IO: u8 = 1;
 const SLP_EN: u8 = 1 << 5;
+/// The i8042's command port (0xFE to it pulses the CPU reset line); named as in kvmlet's vmm.
+const I8042_COMMAND_PORT: u16 = 0x64;
+const GIB4: u64 = 1 << 32;
 
 #[no_mangle]
 extern "C" fn probe_main(boot_info: u64, protocol: u64) -> ! {
@@ -89,7 +92,7 @@ extern "C" fn probe_main(boot_info: u64, protocol: u64) -> ! {
         None => report!("error no SMBIOS system information"),
     }
 
-    disks::probe_disks(&virtio_bases[..virtio_count], info.cmdline);
+    disks::probe_disks(&virtio_bases[..virtio_count], info.cmdline, flood_buffer(&info));
 
     let action = cmdline_value(info.cmdline, "probe.action").unwrap_or("poweroff");
     report!("action={}", action);
@@ -127,6 +130,22 @@ extern "C" fn probe_main(boot_info: u64, protocol: u64) -> ! {
     }
 }
 
+/// The last `FLOOD_SEGMENT_BYTES` of the highest RAM below 4 GiB (identity
+/// mapped), if they lie above the probe's own image.
+fn flood_buffer(info: &bootinfo::BootInfo) -> Option<u64> {
+    extern "C" {
+        static __bss_end: u8;
+    }
+    let image_end = core::ptr::addr_of!(__bss_end) as u64;
+    let size = u64::from(disks::FLOOD_SEGMENT_BYTES);
+    info.e820[..info.e820_len]
+        .iter()
+        .filter(|e| e.kind == 1 && e.addr + e.size <= GIB4 && e.size >= size)
+        .map(|e| e.addr + e.size - size)
+        .filter(|start| *start >= image_end)
+        .max()
+}
+
 fn write_gas(register: Gas, value: u8) {
     match register.space {
         GAS_SYSTEM_IO => outb(register.address as u16, value),
@@ -148,7 +167,7 @@ fn power_off(platform: &Platform) -> ! {
 }
 
 fn reboot_i8042() -> ! {
-    outb(0x64, 0xfe);
+    outb(I8042_COMMAND_PORT, 0xfe);
     give_the_vmm_time();
     report!("error i8042 reset did not reset");
     halt_forever()

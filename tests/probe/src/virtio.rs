@@ -37,24 +37,34 @@ const FEATURE_VERSION_1_HIGH: u32 = 1; // bit 32
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
 
-pub const SECTOR: usize = 512;
+/// virtio-blk's sector (the unit of `sector` fields); named as in kvmlet's vmm.
+pub const SECTOR_SIZE: usize = 512;
+/// Bytes of a GET_ID answer.
+pub const ID_BYTES: usize = 20;
 pub const T_IN: u32 = 0;
 pub const T_OUT: u32 = 1;
 pub const T_FLUSH: u32 = 4;
 pub const T_GET_ID: u32 = 8;
+pub const T_DISCARD: u32 = 11;
+pub const T_WRITE_ZEROES: u32 = 13;
 pub const S_OK: u8 = 0;
+pub const S_IOERR: u8 = 1;
+pub const S_UNSUPP: u8 = 2;
 /// Our own code for "the device never completed the request".
 pub const S_TIMEOUT: u8 = 0xff;
 
-const QUEUE_SIZE: u16 = 8;
-/// Largest transfer per request.
+/// Entries of our queue's memory: room for a chain of a header, 254 data
+/// segments (kvmlet's `seg_max`) and a status. A device may offer fewer.
+const QUEUE_SIZE: u16 = 256;
+const MIN_QUEUE_SIZE: u16 = 8;
+/// Largest transfer per request through the driver's own buffer.
 pub const MAX_TRANSFER: usize = 64 * 1024;
 
+/// One split queue; `repr(C)` aligns the used ring to 4 bytes after the available ring.
 #[repr(C, align(4096))]
 struct QueueMemory {
     desc: [[u8; 16]; QUEUE_SIZE as usize],
     avail: [u16; 3 + QUEUE_SIZE as usize],
-    _pad: [u8; 4096 - 16 * QUEUE_SIZE as usize - 2 * (3 + QUEUE_SIZE as usize)],
     used: [u32; 1 + 2 * QUEUE_SIZE as usize],
 }
 
@@ -69,7 +79,6 @@ struct Buffers {
 static mut QUEUE: QueueMemory = QueueMemory {
     desc: [[0; 16]; QUEUE_SIZE as usize],
     avail: [0; 3 + QUEUE_SIZE as usize],
-    _pad: [0; 4096 - 16 * QUEUE_SIZE as usize - 2 * (3 + QUEUE_SIZE as usize)],
     used: [0; 1 + 2 * QUEUE_SIZE as usize],
 };
 static mut BUFFERS: Buffers = Buffers { header: [0; 16], status: 0, data: [0; MAX_TRANSFER] };
@@ -93,6 +102,7 @@ pub struct BlockDevice {
     base: u64,
     pub capacity: u64,
     pub readonly: bool,
+    queue_size: u16,
     last_used: u16,
     next_avail: u16,
 }
@@ -131,7 +141,8 @@ impl BlockDevice {
             return Err("device refused our features");
         }
         write32(base, REG_QUEUE_SEL, 0);
-        if read32(base, REG_QUEUE_NUM_MAX) < u32::from(QUEUE_SIZE) {
+        let queue_size = read32(base, REG_QUEUE_NUM_MAX).min(u32::from(QUEUE_SIZE)) as u16;
+        if queue_size < MIN_QUEUE_SIZE {
             return Err("queue too small");
         }
         // SAFETY: the queue memory is ours alone while this device is driven;
@@ -139,7 +150,7 @@ impl BlockDevice {
         unsafe {
             let q = addr_of_mut!(QUEUE);
             core::ptr::write_bytes(q, 0, 1);
-            write32(base, REG_QUEUE_NUM, u32::from(QUEUE_SIZE));
+            write32(base, REG_QUEUE_NUM, u32::from(queue_size));
             write64(base, REG_QUEUE_DESC, addr_of!((*q).desc) as u64);
             write64(base, REG_QUEUE_DRIVER, addr_of!((*q).avail) as u64);
             write64(base, REG_QUEUE_DEVICE, addr_of!((*q).used) as u64);
@@ -147,7 +158,7 @@ impl BlockDevice {
         write32(base, REG_QUEUE_READY, 1);
         write32(base, REG_STATUS, negotiated | STATUS_DRIVER_OK);
         let capacity = u64::from(read32(base, REG_CONFIG)) | (u64::from(read32(base, REG_CONFIG + 4)) << 32);
-        Ok(BlockDevice { base, capacity, readonly: low & FEATURE_RO != 0, last_used: 0, next_avail: 0 })
+        Ok(BlockDevice { base, capacity, readonly: low & FEATURE_RO != 0, queue_size, last_used: 0, next_avail: 0 })
     }
 
     /// Leaves the device reset, so the next device can reuse the queue memory.
@@ -155,13 +166,33 @@ impl BlockDevice {
         write32(self.base, REG_STATUS, 0);
     }
 
-    /// Submits one request (header, optional data of `len` bytes, status) and
-    /// polls for its completion. Returns the status byte.
+    /// Submits one request (header, optional data of `len` bytes from the
+    /// driver's buffer, status) and polls for its completion. Returns the status byte.
     pub fn request(&mut self, kind: u32, sector: u64, len: usize) -> u8 {
         let len = len.min(MAX_TRANSFER);
+        // SAFETY: only the address of the buffer is taken; `submit` hands it to the device.
+        let data = unsafe { addr_of!(BUFFERS.data) } as u64;
+        if len == 0 {
+            self.submit(kind, sector, &[])
+        } else {
+            self.submit(kind, sector, &[(data, len as u32)])
+        }
+    }
+
+    /// Most data segments one request can have: the queue less header and status.
+    pub fn max_segments(&self) -> usize {
+        usize::from(self.queue_size) - 2
+    }
+
+    /// Submits one request whose data segments are `segments` (guest-physical
+    /// address, length; at most `max_segments()` are used, device-writable for
+    /// IN and GET_ID) and polls for its completion. Returns the status byte.
+    pub fn submit(&mut self, kind: u32, sector: u64, segments: &[(u64, u32)]) -> u8 {
+        let segments = &segments[..segments.len().min(self.max_segments())];
         let device_writes = kind == T_IN || kind == T_GET_ID;
         // SAFETY: the buffers and queue are only touched by this driver, and
-        // by the device between notify and completion, which we wait for.
+        // by the device between notify and completion, which we wait for; the
+        // caller's segments lie in RAM it does not use meanwhile.
         unsafe {
             let buffers = &mut *addr_of_mut!(BUFFERS);
             buffers.header[0..4].copy_from_slice(&kind.to_le_bytes());
@@ -170,20 +201,20 @@ impl BlockDevice {
             write_volatile(addr_of_mut!(buffers.status), S_TIMEOUT);
             let q = &mut *addr_of_mut!(QUEUE);
             let mut n = 0;
-            let mut put = |addr: u64, size: usize, flags: u16| {
+            let mut put = |addr: u64, size: u32, flags: u16| {
                 let d = &mut q.desc[n];
                 d[0..8].copy_from_slice(&addr.to_le_bytes());
-                d[8..12].copy_from_slice(&(size as u32).to_le_bytes());
+                d[8..12].copy_from_slice(&size.to_le_bytes());
                 d[12..14].copy_from_slice(&flags.to_le_bytes());
                 d[14..16].copy_from_slice(&((n as u16) + 1).to_le_bytes());
                 n += 1;
             };
             put(addr_of!(buffers.header) as u64, 16, DESC_F_NEXT);
-            if len > 0 {
-                put(addr_of!(buffers.data) as u64, len, DESC_F_NEXT | if device_writes { DESC_F_WRITE } else { 0 });
+            for &(addr, len) in segments {
+                put(addr, len, DESC_F_NEXT | if device_writes { DESC_F_WRITE } else { 0 });
             }
             put(addr_of!(buffers.status) as u64, 1, DESC_F_WRITE);
-            let slot = 2 + usize::from(self.next_avail % QUEUE_SIZE);
+            let slot = 2 + usize::from(self.next_avail % self.queue_size);
             write_volatile(addr_of_mut!(q.avail[slot]), 0);
             self.next_avail = self.next_avail.wrapping_add(1);
             fence(Ordering::SeqCst);

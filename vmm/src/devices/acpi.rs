@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use super::irq::IrqLine;
 use super::BusDevice;
-use crate::arch::layout::{ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, GED_EVENT_POWER_BUTTON};
+use crate::arch::layout::{ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_STATUS_OFFSET, GED_EVENT_POWER_BUTTON};
 use crate::exit::{ExitReason, ExitSignal};
 
 const SLP_EN: u8 = 1 << 5;
-const SLEEP_STATUS_OFFSET: u64 = 1;
 
-/// Sleep-control / reset register at offset 0, sleep status at offset 1.
+/// Sleep-control / reset register at offset 0, sleep status at `ACPI_SLEEP_STATUS_OFFSET`.
 pub struct AcpiShutdown {
     exit: Arc<ExitSignal>,
 }
@@ -32,7 +31,7 @@ impl BusDevice for AcpiShutdown {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let [value] = data else { return };
-        if offset == SLEEP_STATUS_OFFSET {
+        if offset == u64::from(ACPI_SLEEP_STATUS_OFFSET) {
             return; // write-1-to-clear status bits: nothing is ever set
         }
         if offset != 0 {
@@ -91,7 +90,7 @@ mod tests {
         dev.write(0, &[(3 << 2) | SLP_EN]); // S3: not supported, ignored
         dev.write(0, &[5 << 2]); // S5 without SLP_EN: ignored
         dev.write(0, &[0x34, 0]); // two bytes: not a register access
-        dev.write(1, &[0x34]); // the status register
+        dev.write(ACPI_SLEEP_STATUS_OFFSET.into(), &[0x34]); // the status register
         assert!(!exit.is_requested());
         dev.write(0, &[0x34]);
         assert_eq!(exit.reason(), Some(ExitReason::PowerOff));

@@ -8,7 +8,7 @@ use vm_superio::{I8042Device, Trigger};
 use super::BusDevice;
 use crate::exit::{ExitReason, ExitSignal};
 
-/// vm-superio calls this when the guest writes 0xFE to port 0x64.
+/// vm-superio calls this when the guest writes 0xFE to the command port.
 #[derive(Clone)]
 pub struct ResetLine(pub Arc<ExitSignal>);
 
@@ -21,7 +21,8 @@ impl Trigger for ResetLine {
     }
 }
 
-/// Ports 0x60-0x64; offset 0 is the data port, 4 the command/status port.
+/// The `I8042_PORT_LEN` ports at `I8042_DATA_PORT`; offset 0 is the data port,
+/// `I8042_COMMAND_OFFSET` the command/status port.
 pub struct I8042(I8042Device<ResetLine>);
 
 impl I8042 {
@@ -48,6 +49,7 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::layout::I8042_COMMAND_OFFSET;
 
     #[test]
     fn reset_command_requests_reboot() {
@@ -55,7 +57,7 @@ mod tests {
         let mut dev = I8042::new(exit.clone());
         dev.write(0, &[0xfe]); // data port: not a command
         assert!(!exit.is_requested());
-        dev.write(4, &[0xfe]);
+        dev.write(I8042_COMMAND_OFFSET.into(), &[0xfe]);
         assert_eq!(exit.reason(), Some(ExitReason::Reboot));
     }
 }

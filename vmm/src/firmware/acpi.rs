@@ -188,7 +188,7 @@ mod tests {
     fn fadt_points_at_the_shutdown_port_and_the_dsdt() {
         let bytes = fadt(0x1234).as_slice().to_vec();
         assert_eq!(bytes.len(), FADT_LEN as usize);
-        assert_eq!(&bytes[FADT_SLEEP_CONTROL_REG + 4..FADT_SLEEP_CONTROL_REG + 6], &0x600u16.to_le_bytes());
+        assert_eq!(&bytes[FADT_SLEEP_CONTROL_REG + 4..FADT_SLEEP_CONTROL_REG + 6], &ACPI_SHUTDOWN_PORT.to_le_bytes());
         assert_eq!(u64::from_le_bytes(bytes[FADT_X_DSDT..FADT_X_DSDT + 8].try_into().unwrap()), 0x1234);
         let flags = u32::from_le_bytes(bytes[FADT_FLAGS..FADT_FLAGS + 4].try_into().unwrap());
         assert_ne!(flags & FLAG_HW_REDUCED_ACPI, 0);

@@ -4,16 +4,35 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use vmm::{ConsoleConfig, ExitReason, Vm, VmConfig};
 
 pub const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// (bzImage, PVH ELF), built once per test binary by tests/probe/build.
+/// (bzImage, PVH ELF), built once per test binary by tests/probe/build, which
+/// prints the ELF's path and then the bzImage's as its last two lines.
 pub fn probe() -> (&'static PathBuf, &'static PathBuf) {
-    let images = e2e::probe();
-    (&images.bzimage, &images.elf)
+    static IMAGES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    let (bzimage, elf) = IMAGES.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/probe/build");
+        let output = Command::new(&script).output().unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{} failed:\n{stdout}{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        let [.., elf, bzimage] = lines[..] else { panic!("{} printed no image paths:\n{stdout}", script.display()) };
+        let (elf, bzimage) = (PathBuf::from(elf.trim()), PathBuf::from(bzimage.trim()));
+        assert!(elf.is_file() && bzimage.is_file(), "{} did not produce its images", script.display());
+        (bzimage, elf)
+    });
+    (bzimage, elf)
 }
 
 pub fn config(kernel: &Path, action: &str) -> VmConfig {

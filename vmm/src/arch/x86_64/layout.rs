@@ -73,15 +73,26 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
 
+/// KVM's TSS (KVM_SET_TSS_ADDR): three pages of guest-physical space outside
+/// RAM and every device window, below the 4 GiB boundary.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+pub const KVM_TSS_SIZE: u64 = 3 * 0x1000;
+
 /// Legacy I/O ports.
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_PORT_LEN: u16 = 8;
+/// The i8042 window: the data port, then the command/status port at
+/// `I8042_COMMAND_OFFSET` (0x60..=0x64).
 pub const I8042_DATA_PORT: u16 = 0x60;
-pub const I8042_COMMAND_PORT: u16 = 0x64;
+pub const I8042_COMMAND_OFFSET: u16 = 4;
+pub const I8042_COMMAND_PORT: u16 = I8042_DATA_PORT + I8042_COMMAND_OFFSET;
+pub const I8042_PORT_LEN: u16 = I8042_COMMAND_OFFSET + 1;
 /// ACPI shutdown device (Cloud Hypervisor's convention): the FADT sleep-control
-/// and reset registers both point at `ACPI_SHUTDOWN_PORT`; sleep status is the next byte.
+/// and reset registers both point at `ACPI_SHUTDOWN_PORT`; sleep status is
+/// `ACPI_SLEEP_STATUS_OFFSET` bytes further.
 pub const ACPI_SHUTDOWN_PORT: u16 = 0x600;
-pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+pub const ACPI_SLEEP_STATUS_OFFSET: u16 = 1;
+pub const ACPI_SLEEP_STATUS_PORT: u16 = ACPI_SHUTDOWN_PORT + ACPI_SLEEP_STATUS_OFFSET;
 pub const ACPI_SHUTDOWN_PORT_LEN: u16 = 8;
 /// Value the guest writes to the reset register to reboot.
 pub const ACPI_RESET_VALUE: u8 = 1;
@@ -102,6 +113,9 @@ pub const MAX_VCPUS: u8 = 32;
 const _: () = assert!(PDE_START + PDE_COUNT * 0x1000 <= CMDLINE_START);
 const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= SYSTEM_MEM_START);
 const _: () = assert!(ACPI_TABLES_START < RSDP_START && RSDP_START < SMBIOS_START);
+// KVM's TSS sits between the local APIC page and 4 GiB, clear of RAM and devices.
+const _: () = assert!(APIC_START + 0x1000 <= KVM_TSS_ADDRESS && KVM_TSS_ADDRESS + KVM_TSS_SIZE <= MMIO32_END);
+const _: () = assert!(ACPI_SLEEP_STATUS_OFFSET < ACPI_SHUTDOWN_PORT_LEN);
 
 /// Base address of virtio-mmio device `index`.
 pub const fn virtio_mmio_base(index: usize) -> u64 {

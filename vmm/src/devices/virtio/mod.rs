@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::irq::IrqLine;
 
 /// Feature bits (virtio 1.x, section 6).
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 
 /// Device status bits (section 2.1).
 pub mod status {

@@ -8,31 +8,68 @@ use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use virtio_bindings::virtio_blk::{
+    virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{ByteValued, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-pub use request::{execute, Disk, ParseError, Request, RequestType, Segment, ID_BYTES, MAX_SEGMENTS, SECTOR_SIZE};
+pub use request::{execute, Disk, ParseError, Request, RequestType, Segment, ID_BYTES, SECTOR_SIZE};
+pub use request::{
+    DISCARD_SECTOR_ALIGNMENT, MAX_DISCARD_RANGES, MAX_DISCARD_SECTORS, MAX_SEGMENTS, MAX_SEGMENT_BYTES,
+    MAX_WRITE_ZEROES_RANGES, MAX_WRITE_ZEROES_SECTORS,
+};
 pub use request::{S_IOERR, S_OK, S_UNSUPP};
 
 use super::{ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 
-pub const DEVICE_TYPE_BLOCK: u32 = 2;
+pub const DEVICE_TYPE_BLOCK: u32 = VIRTIO_ID_BLOCK;
 pub const QUEUE_SIZE: u16 = 256;
 
-const F_SEG_MAX: u64 = 1 << 2;
-const F_RO: u64 = 1 << 5;
-const F_BLK_SIZE: u64 = 1 << 6;
-const F_FLUSH: u64 = 1 << 9;
-const F_DISCARD: u64 = 1 << 13;
-const F_WRITE_ZEROES: u64 = 1 << 14;
+const F_SIZE_MAX: u64 = 1 << VIRTIO_BLK_F_SIZE_MAX;
+const F_SEG_MAX: u64 = 1 << VIRTIO_BLK_F_SEG_MAX;
+const F_RO: u64 = 1 << VIRTIO_BLK_F_RO;
+const F_BLK_SIZE: u64 = 1 << VIRTIO_BLK_F_BLK_SIZE;
+const F_FLUSH: u64 = 1 << VIRTIO_BLK_F_FLUSH;
+const F_DISCARD: u64 = 1 << VIRTIO_BLK_F_DISCARD;
+const F_WRITE_ZEROES: u64 = 1 << VIRTIO_BLK_F_WRITE_ZEROES;
 
-/// Largest DISCARD / WRITE_ZEROES request, in sectors (1 GiB).
-const MAX_DISCARD_SECTORS: u32 = 1 << 21;
+/// The device's configuration space, laid out as `struct virtio_blk_config`.
+#[derive(Clone, Copy, Default)]
+#[repr(transparent)]
+struct ConfigSpace(virtio_blk_config);
+
+// SAFETY: `virtio_blk_config` is `repr(C, packed)` and made of integers,
+// integer arrays and `repr(C)` structs of them without padding (bindgen's
+// layout assertions pin every size and offset): every byte is initialised
+// and every byte pattern is a valid value.
+unsafe impl ByteValued for ConfigSpace {}
+
+impl ConfigSpace {
+    /// Capacity and the limits `request` enforces, little-endian as virtio 1.x wants.
+    fn new(capacity_sectors: u64) -> Self {
+        ConfigSpace(virtio_blk_config {
+            capacity: capacity_sectors.to_le(),
+            size_max: MAX_SEGMENT_BYTES.to_le(),
+            seg_max: (MAX_SEGMENTS as u32).to_le(),
+            blk_size: (SECTOR_SIZE as u32).to_le(),
+            max_discard_sectors: MAX_DISCARD_SECTORS.to_le(),
+            max_discard_seg: MAX_DISCARD_RANGES.to_le(),
+            discard_sector_alignment: DISCARD_SECTOR_ALIGNMENT.to_le(),
+            max_write_zeroes_sectors: MAX_WRITE_ZEROES_SECTORS.to_le(),
+            max_write_zeroes_seg: MAX_WRITE_ZEROES_RANGES.to_le(),
+            write_zeroes_may_unmap: 1,
+            ..Default::default()
+        })
+    }
+}
 
 pub struct Block {
     disk: Arc<Disk>,
-    config: [u8; 60],
+    config: ConfigSpace,
     queue_sizes: [u16; 1],
     worker: Option<Worker>,
 }
@@ -59,19 +96,9 @@ impl Block {
             let n = serial.len().min(ID_BYTES);
             id[..n].copy_from_slice(&serial.as_bytes()[..n]);
         }
-        let mut config = [0u8; 60];
-        config[0..8].copy_from_slice(&capacity_sectors.to_le_bytes());
-        config[12..16].copy_from_slice(&(MAX_SEGMENTS as u32).to_le_bytes());
-        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
-        config[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
-        config[40..44].copy_from_slice(&1u32.to_le_bytes());
-        config[44..48].copy_from_slice(&1u32.to_le_bytes());
-        config[48..52].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
-        config[52..56].copy_from_slice(&1u32.to_le_bytes());
-        config[56] = 1; // write_zeroes_may_unmap
         Ok(Block {
             disk: Arc::new(Disk { file, readonly, capacity_sectors, id }),
-            config,
+            config: ConfigSpace::new(capacity_sectors),
             queue_sizes: [QUEUE_SIZE],
             worker: None,
         })
@@ -105,7 +132,7 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let base = VIRTIO_F_VERSION_1 | F_SEG_MAX | F_BLK_SIZE | F_FLUSH;
+        let base = VIRTIO_F_VERSION_1 | F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH;
         if self.disk.readonly {
             base | F_RO
         } else {
@@ -115,10 +142,11 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        let config = self.config.as_slice();
         let Ok(start) = usize::try_from(offset) else { return };
-        if start < self.config.len() {
-            let n = data.len().min(self.config.len() - start);
-            data[..n].copy_from_slice(&self.config[start..start + n]);
+        if start < config.len() {
+            let n = data.len().min(config.len() - start);
+            data[..n].copy_from_slice(&config[start..start + n]);
         }
     }
 

@@ -5,27 +5,56 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 
+use virtio_bindings::virtio_blk::{
+    virtio_blk_discard_write_zeroes, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+/// virtio-blk's unit for `sector` fields and the capacity, fixed by the spec
+/// (5.2.6); also the block size the device advertises (`blk_size`).
 pub const SECTOR_SIZE: u64 = 512;
-/// Most data segments one request may have (advertised as `seg_max`).
-pub const MAX_SEGMENTS: usize = 254;
 /// Bytes of a GET_ID answer.
-pub const ID_BYTES: usize = 20;
+pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
-const T_GET_ID: u32 = 8;
-const T_DISCARD: u32 = 11;
-const T_WRITE_ZEROES: u32 = 13;
+// The limits the device advertises in its configuration space and enforces on
+// every request, so that no request costs the host memory or time in
+// proportion to a size the guest chose beyond these bounds.
 
-pub const S_OK: u8 = 0;
-pub const S_IOERR: u8 = 1;
-pub const S_UNSUPP: u8 = 2;
+/// Most data segments one request may have (`seg_max`).
+pub const MAX_SEGMENTS: usize = 254;
+/// Largest data segment (`size_max`). With `MAX_SEGMENTS` this caps a read or
+/// write at 1016 MiB, which still fits the used ring's 32-bit length.
+pub const MAX_SEGMENT_BYTES: u32 = 4 << 20;
+/// Ranges one DISCARD / WRITE_ZEROES request may carry (`max_discard_seg`,
+/// `max_write_zeroes_seg`); more are answered UNSUPP, as QEMU does.
+pub const MAX_DISCARD_RANGES: u32 = 1;
+pub const MAX_WRITE_ZEROES_RANGES: u32 = 1;
+/// Largest DISCARD range (`max_discard_sectors`, 1 GiB): a hole punch, cheap
+/// whatever its size.
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 21;
+/// Largest WRITE_ZEROES range (`max_write_zeroes_sectors`, 128 MiB): bounds
+/// the writing a filesystem without `FALLOC_FL_ZERO_RANGE` falls back to.
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 18;
+/// DISCARD ranges may start at any sector (`discard_sector_alignment`):
+/// punching a hole zeroes partial filesystem blocks itself.
+pub const DISCARD_SECTOR_ALIGNMENT: u32 = 1;
 
-const WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+/// Bytes of one DISCARD / WRITE_ZEROES range: sector, count, flags.
+const RANGE_BYTES: u64 = std::mem::size_of::<virtio_blk_discard_write_zeroes>() as u64;
+const _: () = assert!(RANGE_BYTES == 16);
+const _: () = assert!((MAX_SEGMENTS as u64) * (MAX_SEGMENT_BYTES as u64) < u32::MAX as u64);
+const _: () = assert!(MAX_SEGMENTS + 2 == super::QUEUE_SIZE as usize);
+
+pub const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
+pub const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+pub const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+
+/// Zeros for filesystems that cannot `FALLOC_FL_ZERO_RANGE`: one fixed
+/// buffer, written as often as the (bounded) range needs.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestType {
@@ -41,12 +70,12 @@ pub enum RequestType {
 impl RequestType {
     fn from_raw(raw: u32) -> Self {
         match raw {
-            T_IN => RequestType::In,
-            T_OUT => RequestType::Out,
-            T_FLUSH => RequestType::Flush,
-            T_GET_ID => RequestType::GetId,
-            T_DISCARD => RequestType::Discard,
-            T_WRITE_ZEROES => RequestType::WriteZeroes,
+            VIRTIO_BLK_T_IN => RequestType::In,
+            VIRTIO_BLK_T_OUT => RequestType::Out,
+            VIRTIO_BLK_T_FLUSH => RequestType::Flush,
+            VIRTIO_BLK_T_GET_ID => RequestType::GetId,
+            VIRTIO_BLK_T_DISCARD => RequestType::Discard,
+            VIRTIO_BLK_T_WRITE_ZEROES => RequestType::WriteZeroes,
             other => RequestType::Unsupported(other),
         }
     }
@@ -89,10 +118,16 @@ impl Request {
     /// Parses the descriptors of one chain: header (device-readable, 16 bytes),
     /// data segments in the direction the type requires, status (device-writable) last.
     pub fn parse(mem: &GuestMemoryMmap, chain: impl Iterator<Item = Descriptor>) -> Result<Request, ParseError> {
-        let mut descriptors = Vec::new();
+        // At most header, seg_max data segments and status are kept: the last
+        // slot is overwritten by whatever follows, so that the status byte is
+        // still the chain's last descriptor. (A queue's chains end after as
+        // many descriptors as it has entries, QUEUE_SIZE = seg_max + 2.)
+        let mut descriptors = Vec::with_capacity(4);
+        let mut too_many_segments = false;
         for desc in chain {
             if descriptors.len() == MAX_SEGMENTS + 2 {
-                return Err(ParseError { reason: "too many descriptors", status: None });
+                too_many_segments = true;
+                descriptors.pop();
             }
             descriptors.push(desc);
         }
@@ -118,12 +153,19 @@ impl Request {
         let sector: u64 =
             mem.read_obj(header.addr().unchecked_add(8)).map_err(|_| fail("header outside guest memory"))?;
         let kind = RequestType::from_raw(raw_type);
-        let mut data = Vec::with_capacity(descriptors.len() - 2);
-        for desc in &descriptors[1..descriptors.len() - 1] {
+        if too_many_segments {
+            return Err(fail("more data segments than seg_max"));
+        }
+        let data_descriptors = &descriptors[1..descriptors.len() - 1];
+        let mut data = Vec::with_capacity(data_descriptors.len());
+        for desc in data_descriptors {
             // Data of a request we do not support is never touched: no direction to check.
             let known = !matches!(kind, RequestType::Unsupported(_));
             if known && desc.is_write_only() != kind.device_writes_data() {
                 return Err(fail("a data descriptor has the wrong direction"));
+            }
+            if desc.len() > MAX_SEGMENT_BYTES {
+                return Err(fail("a data segment larger than size_max"));
             }
             if !in_ram(mem, desc.addr(), desc.len()) {
                 return Err(fail("a data buffer lies outside guest memory"));
@@ -219,45 +261,90 @@ fn get_id(mem: &GuestMemoryMmap, disk: &Disk, request: &Request) -> Result<u32, 
     Ok(written)
 }
 
-/// DISCARD and WRITE_ZEROES carry 16-byte segments: sector, count, flags.
-fn discard_or_zero(mem: &GuestMemoryMmap, disk: &Disk, request: &Request) -> Result<(), u8> {
-    let mut ranges = Vec::new();
+/// The one range a DISCARD or WRITE_ZEROES request carries (the data
+/// segments hold `virtio_blk_discard_write_zeroes` structures, split across
+/// descriptors however the driver likes).
+fn read_range(mem: &GuestMemoryMmap, request: &Request) -> Result<(u64, u32, u32), u8> {
+    let max_ranges = match request.kind {
+        RequestType::Discard => MAX_DISCARD_RANGES,
+        _ => MAX_WRITE_ZEROES_RANGES,
+    };
+    let len = request.data_len();
+    if len > u64::from(max_ranges) * RANGE_BYTES {
+        return Err(S_UNSUPP); // more ranges than max_discard_seg / max_write_zeroes_seg
+    }
+    if len != RANGE_BYTES {
+        return Err(S_IOERR); // no range, or a partial one
+    }
+    let mut raw = [0u8; RANGE_BYTES as usize];
+    let mut filled = 0;
     for segment in &request.data {
-        if segment.len % 16 != 0 {
-            return Err(S_IOERR);
-        }
-        for i in 0..u64::from(segment.len) / 16 {
-            let at = segment.addr.unchecked_add(i * 16);
-            let sector: u64 = mem.read_obj(at).map_err(|_| S_IOERR)?;
-            let count: u32 = mem.read_obj(at.unchecked_add(8)).map_err(|_| S_IOERR)?;
-            let flags: u32 = mem.read_obj(at.unchecked_add(12)).map_err(|_| S_IOERR)?;
-            let offset = disk_range(disk, sector, u64::from(count) * SECTOR_SIZE)?;
-            ranges.push((offset, u64::from(count) * SECTOR_SIZE, flags));
-        }
+        let n = segment.len as usize;
+        mem.read_slice(&mut raw[filled..filled + n], segment.addr).map_err(|_| S_IOERR)?;
+        filled += n;
     }
-    for (offset, len, flags) in ranges {
-        let punch = request.kind == RequestType::Discard || flags & WRITE_ZEROES_FLAG_UNMAP != 0;
-        let mode =
-            if punch { libc::FALLOC_FL_PUNCH_HOLE } else { libc::FALLOC_FL_ZERO_RANGE } | libc::FALLOC_FL_KEEP_SIZE;
-        // SAFETY: fallocate on our own open fd with a range checked against the disk.
-        let rc = unsafe { libc::fallocate(disk.file.as_raw_fd(), mode, offset as i64, len as i64) };
-        if rc != 0 {
-            if request.kind == RequestType::Discard {
-                continue; // discard is a hint; a filesystem without hole punching may ignore it
-            }
-            zero_by_writing(&disk.file, offset, len)?;
-        }
+    let sector = u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes"));
+    let flags = u32::from_le_bytes(raw[12..16].try_into().expect("4 bytes"));
+    Ok((sector, count, flags))
+}
+
+/// DISCARD punches a hole; WRITE_ZEROES punches one (UNMAP) or zeroes the
+/// range in place, writing `ZEROS` where the filesystem cannot.
+fn discard_or_zero(mem: &GuestMemoryMmap, disk: &Disk, request: &Request) -> Result<(), u8> {
+    let (sector, count, flags) = read_range(mem, request)?;
+    let discard = request.kind == RequestType::Discard;
+    // Discard has no flags; write-zeroes knows UNMAP only (5.2.6.2).
+    let known_flags = if discard { 0 } else { VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP };
+    if flags & !known_flags != 0 {
+        return Err(S_UNSUPP);
     }
-    Ok(())
+    let max_sectors = if discard { MAX_DISCARD_SECTORS } else { MAX_WRITE_ZEROES_SECTORS };
+    if count > max_sectors {
+        return Err(S_IOERR);
+    }
+    let len = u64::from(count) * SECTOR_SIZE;
+    let offset = disk_range(disk, sector, len)?;
+    if count == 0 {
+        return Ok(());
+    }
+    let punch = discard || flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+    let mode = if punch { libc::FALLOC_FL_PUNCH_HOLE } else { libc::FALLOC_FL_ZERO_RANGE } | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate on our own open fd with a range checked against the
+    // disk (offset + len <= capacity, so both fit in i64).
+    let rc = unsafe { libc::fallocate(disk.file.as_raw_fd(), mode, offset as i64, len as i64) };
+    if rc == 0 || discard {
+        return Ok(()); // discard is a hint; a filesystem without hole punching may ignore it
+    }
+    zero_by_writing(&disk.file, offset, len)
 }
 
 fn zero_by_writing(file: &File, mut offset: u64, mut len: u64) -> Result<(), u8> {
-    let zeros = vec![0u8; 64 << 10];
     while len > 0 {
-        let n = len.min(zeros.len() as u64);
-        file.write_all_at(&zeros[..n as usize], offset).map_err(|_| S_IOERR)?;
+        let n = len.min(ZEROS.len() as u64);
+        file.write_all_at(&ZEROS[..n as usize], offset).map_err(|_| S_IOERR)?;
         offset += n;
         len -= n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fallback for filesystems without `FALLOC_FL_ZERO_RANGE`.
+    #[test]
+    fn zero_by_writing_covers_ranges_longer_than_its_buffer() {
+        let file = tempfile::tempfile().unwrap();
+        let size = 4 * ZEROS.len();
+        file.write_all_at(&vec![0xaa; size], 0).unwrap();
+        let (offset, len) = (512, 2 * ZEROS.len() + 1024);
+        zero_by_writing(&file, offset as u64, len as u64).unwrap();
+        let mut back = vec![0u8; size];
+        file.read_exact_at(&mut back, 0).unwrap();
+        assert!(back[..offset].iter().all(|b| *b == 0xaa));
+        assert!(back[offset..offset + len].iter().all(|b| *b == 0));
+        assert!(back[offset + len..].iter().all(|b| *b == 0xaa));
+    }
 }

@@ -94,7 +94,7 @@ fn each_field_is_named() {
         ),
         (
             with_volume(json!({"name": "d"}), json!({"name": "d", "cloudInitNoCloud": {"userDataBase64": "%%%"}})),
-            "spec.volumes[0]: cloudInitNoCloud.userDataBase64: not valid base64",
+            "spec.volumes[0]: cloudInitNoCloud.userDataBase64: not valid base64: Invalid symbol 37",
         ),
         (
             with_volume(json!({"name": "d"}), json!({"name": "d", "cloudInitNoCloud": {"userData": "x".repeat(2049)}})),

@@ -64,8 +64,12 @@ impl NoCloudSeed {
 pub enum SeedWriteError {
     #[error(transparent)]
     Image(#[from] IsoError),
-    #[error("write {path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("write {path}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[cfg(test)]

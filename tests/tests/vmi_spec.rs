@@ -247,3 +247,23 @@ async fn a_vm_shows_why_its_vmi_failed_after_the_vmi_is_gone() {
         assert!(failure["message"].as_str().unwrap().starts_with(expected), "{failure}");
     }
 }
+
+#[tokio::test]
+async fn the_cpu_request_and_fractional_memory_are_run_as_asked() {
+    let server = Standalone::with_node(&[]);
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(server.client().await);
+    let mut object = vmi("sized", json!({"name": "scratch", "emptyDisk": {"capacity": "1Mi"}}));
+    object["spec"]["domain"]["resources"]["requests"] = json!({"cpu": "3500m", "memory": "0.125Gi"});
+    object["spec"]["domain"]["firmware"]["kernelBoot"]["kernelArgs"] = json!("probe.action=wait");
+    kubectl_ok(&server, &["create", "-f", "-"], Some(&object.to_string()));
+    wait_for_phase(&vmis, &server, "sized", Phase::Running).await;
+    let out = server.kvmlet(&["inspect", "sized", "-n", "default"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let detail: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(detail["config"]["vcpus"], 4, "3500m rounds up to 4 vCPUs");
+    assert_eq!(detail["config"]["memoryMib"], 128);
+    let console = wait_console(&server, "sized", "probe: waiting for power button").await;
+    assert!(console.contains("probe: cpus=4"), "{console}");
+    kubectl_ok(&server, &["delete", "vmi", "sized"], None);
+    wait_gone(&vmis, &server, "sized").await;
+}

@@ -7,4 +7,5 @@ pub mod controller;
 pub mod debug_socket;
 pub mod metrics;
 pub mod node;
+pub mod vmi;
 pub mod vmprocess;

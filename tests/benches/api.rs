@@ -71,7 +71,11 @@ where
 }
 
 fn vm(name: String) -> VirtualMachine {
-    VirtualMachine::new(&name, VirtualMachineSpec { running: Some(false), ..Default::default() })
+    let mut vm = VirtualMachine::new(&name, VirtualMachineSpec { running: Some(false), ..Default::default() });
+    // Admission checks the template as the node would: it needs memory.
+    let memory = k8s_openapi::apimachinery::pkg::api::resource::Quantity("64Mi".into());
+    vm.spec.template.spec.domain.memory = Some(proto::kubevirt::Memory { guest: Some(memory) });
+    vm
 }
 
 async fn client_for(server: &str) -> Client {

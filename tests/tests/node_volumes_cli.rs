@@ -15,14 +15,16 @@ use serde_json::json;
 
 #[tokio::test]
 async fn volumes_reach_the_guest_in_order() {
-    let server = Standalone::with_node(&[]);
+    // hostDisk volumes need the gate and a root (KubeVirt's HostDisk feature gate).
+    let host_dir = tempfile::tempdir().unwrap();
+    let root = host_dir.path().to_str().unwrap();
+    let server = Standalone::with_node(&["--feature-gates", "HostDisk", "--host-disk-root", root]);
     let client = server.client().await;
     // A container image on the node: REF/disk/<raw file>.
     let image = server.image_dir().join("example.org/probe-disk:v1/disk");
     std::fs::create_dir_all(&image).unwrap();
     let image_file = image.join("disk.img");
     std::fs::write(&image_file, vec![0u8; 1 << 20]).unwrap();
-    let host_dir = tempfile::tempdir().unwrap();
     let host_disk = host_dir.path().join("created.img");
 
     let secrets: Api<Secret> = Api::default_namespaced(client.clone());
@@ -84,6 +86,15 @@ async fn volumes_reach_the_guest_in_order() {
     // The guest wrote to its own copy of the container disk, not the image.
     assert!(std::fs::read(&image_file).unwrap().iter().all(|b| *b == 0), "the node's image is untouched");
     assert_eq!(std::fs::metadata(&host_disk).unwrap().len(), 3 << 20, "DiskOrCreate made the host disk");
+    assert_eq!(std::fs::metadata(&host_disk).unwrap().permissions().mode() & 0o777, 0o600, "born private");
+    // The node's own files have names it chose, never a volume's name.
+    let uid = vmis.get("volumes").await.unwrap().metadata.uid.unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(server.run_dir().join("vms").join(&uid).join("disks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["cidata.iso", "disk-0.img", "disk-1.img"]);
 
     vmis.delete("volumes", &DeleteParams::default()).await.unwrap();
     wait_gone(&vmis, &server, "volumes").await;

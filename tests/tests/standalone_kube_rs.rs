@@ -20,6 +20,9 @@ async fn client(api: &Standalone) -> Client {
 
 fn vm(name: &str) -> VirtualMachine {
     let mut vm = VirtualMachine::new(name, VirtualMachineSpec { running: Some(false), ..Default::default() });
+    // Admission checks the template as the node would: it needs memory.
+    let memory = k8s_openapi::apimachinery::pkg::api::resource::Quantity("64Mi".into());
+    vm.spec.template.spec.domain.memory = Some(proto::kubevirt::Memory { guest: Some(memory) });
     vm.metadata.annotations = Some([("step".to_string(), "0".to_string())].into());
     vm
 }

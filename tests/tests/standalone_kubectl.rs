@@ -61,7 +61,7 @@ fn chrono_free_now() -> String {
 /// A VMI owned by the VM (as the controller will create it).
 fn owned_vmi(vm_uid: &str) -> String {
     format!(
-        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: vm-cirros\n  ownerReferences:\n  - apiVersion: kubevirt.io/v1\n    kind: VirtualMachine\n    name: vm-cirros\n    uid: {vm_uid}\n    controller: true\n    blockOwnerDeletion: true\nspec:\n  domain:\n    devices: {{}}\n"
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: vm-cirros\n  ownerReferences:\n  - apiVersion: kubevirt.io/v1\n    kind: VirtualMachine\n    name: vm-cirros\n    uid: {vm_uid}\n    controller: true\n    blockOwnerDeletion: true\nspec:\n  domain:\n    memory:\n      guest: 64Mi\n    devices: {{}}\n"
     )
 }
 

@@ -6,9 +6,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
 use common::{config, probe, run};
 use vmm::devices::virtio::block::SECTOR_SIZE;
-use vmm::nocloud::{CloudInitNoCloud, NoCloudSeed};
+use vmm::nocloud::NoCloudSeed;
 use vmm::{DiskConfig, ExitReason, VmConfig};
 
 const SECTOR: usize = SECTOR_SIZE as usize;
@@ -40,12 +41,13 @@ fn printed_user_data(console: &str) -> String {
 
 #[test]
 fn seed_user_data_from_the_manifest_is_printed_verbatim() {
-    let volume = CloudInitNoCloud { user_data_base64: Some(SEED_USER_DATA_BASE64.into()), ..Default::default() };
-    let (user_data, network) = volume.resolve().unwrap();
+    let user_data = base64::engine::general_purpose::STANDARD.decode(SEED_USER_DATA_BASE64).unwrap();
     let uuid = uuid::Uuid::new_v4();
     let dir = tempfile::tempdir().unwrap();
     let seed_path = dir.path().join("seed.iso");
-    NoCloudSeed::new(&uuid.to_string(), Some("vm-cirros"), user_data.clone(), network).write_image(&seed_path).unwrap();
+    let meta_data = format!("{{\"instance-id\": \"{uuid}\", \"local-hostname\": \"vm-cirros\"}}\n").into_bytes();
+    let seed = NoCloudSeed { meta_data, user_data: user_data.clone(), network_config: None };
+    seed.write_image(&seed_path).unwrap();
 
     let vm =
         VmConfig { uuid: Some(uuid), disks: vec![disk(&seed_path, true, "cidata")], ..config(probe().0, "poweroff") };

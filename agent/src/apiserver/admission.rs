@@ -4,6 +4,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::resources::Resource;
+use crate::vmi::SpecError;
 
 fn invalid(resource: &Resource, name: &str, field: &str, message: &str) -> ApiError {
     let mut error = ApiError::invalid(resource.kind, name, vec![(field.to_string(), message.to_string())]);
@@ -31,8 +32,12 @@ pub fn mutate(resource: &Resource, object: &mut Value) {
     }
 }
 
-/// Checks an object about to be stored; `Err` is the 422 to return.
-pub fn check(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
+/// Checks an object about to be stored (replacing `previous`, on updates);
+/// `Err` is the 422 to return. The spec checks run when the spec is new or
+/// changed: an object stored before a check existed can still get its
+/// status, finalizers and deletion written.
+pub fn check(resource: &Resource, name: &str, object: &Value, previous: Option<&Value>) -> Result<(), ApiError> {
+    let spec_changed = previous.is_none_or(|p| p.get("spec") != object.get("spec"));
     match resource.kind {
         "VirtualMachine" => {
             let spec = &object["spec"];
@@ -52,17 +57,33 @@ pub fn check(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiE
                     ));
                 }
             }
-            typed::<proto::VirtualMachine>(resource, name, object)
+            let vm = typed::<proto::VirtualMachine>(resource, name, object)?;
+            if !spec_changed {
+                return Ok(());
+            }
+            spec_checks(resource, name, crate::vmi::validate::spec(&vm.spec.template.spec).map_err(|e| e.in_template()))
         }
-        "VirtualMachineInstance" => typed::<proto::VirtualMachineInstance>(resource, name, object),
+        "VirtualMachineInstance" => {
+            let vmi = typed::<proto::VirtualMachineInstance>(resource, name, object)?;
+            if !spec_changed {
+                return Ok(());
+            }
+            spec_checks(resource, name, crate::vmi::validate::spec(&vmi.spec))
+        }
         _ => Ok(()),
     }
 }
 
+/// The checks the node applies that need nothing but the spec
+/// (`vmi::validate`), as a 422 naming the field.
+fn spec_checks(resource: &Resource, name: &str, result: Result<(), SpecError>) -> Result<(), ApiError> {
+    result.map_err(|e| invalid(resource, name, &e.field, &e.message))
+}
+
 /// The object must be a well-formed instance of its Rust type; the error
 /// names the path serde stopped at.
-fn typed<T: serde::de::DeserializeOwned>(resource: &Resource, name: &str, object: &Value) -> Result<(), ApiError> {
-    serde_json::from_value::<T>(object.clone()).map(|_| ()).map_err(|e| invalid(resource, name, "spec", &e.to_string()))
+fn typed<T: serde::de::DeserializeOwned>(resource: &Resource, name: &str, object: &Value) -> Result<T, ApiError> {
+    serde_json::from_value::<T>(object.clone()).map_err(|e| invalid(resource, name, "spec", &e.to_string()))
 }
 
 #[cfg(test)]
@@ -76,21 +97,50 @@ mod tests {
     }
 
     fn template() -> Value {
-        json!({"spec": {"domain": {"devices": {}}}})
+        json!({"spec": {"domain": {"memory": {"guest": "64Mi"}, "devices": {}}}})
     }
 
     #[test]
     fn kubevirt_run_strategy_rules() {
         let resource = Resource::find("kubevirt.io", "v1", "virtualmachines").unwrap();
-        assert!(check(resource, "a", &vm(json!({"running": true, "template": template()}))).is_ok());
-        let both = check(resource, "a", &vm(json!({"running": true, "runStrategy": "Always", "template": template()})));
+        assert!(check(resource, "a", &vm(json!({"running": true, "template": template()})), None).is_ok());
+        let both =
+            check(resource, "a", &vm(json!({"running": true, "runStrategy": "Always", "template": template()})), None);
         assert!(both.unwrap_err().message.contains("Running and RunStrategy are mutually exclusive"));
-        let unknown = check(resource, "a", &vm(json!({"runStrategy": "Sometimes", "template": template()})));
+        let unknown = check(resource, "a", &vm(json!({"runStrategy": "Sometimes", "template": template()})), None);
         let error = unknown.unwrap_err();
         assert_eq!(error.code.as_u16(), 422);
         assert!(error.message.contains("Invalid RunStrategy"), "{}", error.message);
-        let malformed = check(resource, "a", &vm(json!({"running": "yes", "template": template()})));
+        let malformed = check(resource, "a", &vm(json!({"running": "yes", "template": template()})), None);
         assert_eq!(malformed.unwrap_err().code.as_u16(), 422);
+    }
+
+    #[test]
+    fn templates_and_vmis_get_the_node_checks_with_their_field_paths() {
+        let vms = Resource::find("kubevirt.io", "v1", "virtualmachines").unwrap();
+        let mut sata = template();
+        sata["spec"]["domain"]["devices"] = json!({"disks": [{"name": "root", "disk": {"bus": "sata"}}]});
+        sata["spec"]["volumes"] = json!([{"name": "root", "containerDisk": {"image": "a"}}]);
+        let error = check(vms, "a", &vm(json!({"running": false, "template": sata})), None).unwrap_err();
+        assert_eq!(error.code.as_u16(), 422);
+        assert_eq!(
+            error.message,
+            "VirtualMachine.kubevirt.io \"a\" is invalid: spec.template.spec.domain.devices.disks[0].disk.bus: \
+             Unsupported value: \"sata\": supported values: \"virtio\""
+        );
+        let vmis = Resource::find("kubevirt.io", "v1", "virtualmachineinstances").unwrap();
+        let mut spec = template()["spec"].clone();
+        spec["domain"]["devices"] = json!({"disks": [{"name": "root"}]});
+        spec["volumes"] = json!([{"name": "root", "emptyDisk": {"capacity": "1Mi"}}]);
+        let vmi = |spec: &Value| json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": {"name": "i"}, "spec": spec});
+        assert!(check(vmis, "i", &vmi(&spec), None).is_ok());
+        spec["volumes"][0]["name"] = json!("../../x");
+        let error = check(vmis, "i", &vmi(&spec), None).unwrap_err();
+        assert!(
+            error.message.contains("is invalid: spec.volumes[0].name: Invalid value: \"../../x\""),
+            "{}",
+            error.message
+        );
     }
 }
 

@@ -67,7 +67,7 @@ mod tests {
             "apiVersion": "kubevirt.io/v1",
             "kind": "VirtualMachine",
             "metadata": {"name": name},
-            "spec": {"running": false, "template": {"spec": {"domain": {"devices": {}}}}},
+            "spec": {"running": false, "template": {"spec": {"domain": {"memory": {"guest": "64Mi"}, "devices": {}}}}},
         }))
         .unwrap()
     }

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use vmm::nocloud::NoCloudSeed;
+
+use crate::vmi::cloud_init;
 
 /// cloud-localds's default instance id.
 const DEFAULT_INSTANCE_ID: &str = "iid-local01";
@@ -45,7 +46,7 @@ pub fn main(args: NocloudArgs) -> anyhow::Result<()> {
     };
     let user_data = read(&args.user_data)?;
     let network = args.network_data.as_ref().map(read).transpose()?;
-    let seed = NoCloudSeed::new(&args.instance_id, args.hostname.as_deref(), user_data, network);
+    let seed = cloud_init::seed(&args.instance_id, args.hostname.as_deref(), user_data, network);
     seed.write_image(&args.out)?;
     tracing::info!(out = %args.out.display(), instance_id = %args.instance_id, "wrote NoCloud seed");
     Ok(())

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::node::{NodeConfig, NodeDefaults};
+use crate::vmi::host_disk::{HostDiskPolicy, HOST_DISK_GATE, KNOWN_GATES};
 
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
@@ -39,6 +40,22 @@ pub struct NodeArgs {
     #[arg(long, value_name = "N", default_value_t = 10, env = "KVMLET_CPU_ALLOCATION_RATIO",
           value_parser = clap::value_parser!(u64).range(1..=100))]
     pub cpu_allocation_ratio: u64,
+    /// Feature gates to open, as KubeVirt's (comma list, repeatable). Known: HostDisk
+    /// (hostDisk volumes, under a --host-disk-root only).
+    #[arg(long = "feature-gates", value_name = "GATE[,GATE]", value_delimiter = ',', value_parser = parse_gate,
+          env = "KVMLET_FEATURE_GATES")]
+    pub feature_gates: Vec<String>,
+    /// A directory hostDisk volumes may use (their paths must resolve to a file
+    /// under one; DiskOrCreate creates only the file). Repeatable; required with HostDisk.
+    #[arg(long = "host-disk-root", value_name = "DIR")]
+    pub host_disk_roots: Vec<PathBuf>,
+}
+
+fn parse_gate(gate: &str) -> Result<String, String> {
+    match KNOWN_GATES.iter().find(|known| **known == gate) {
+        Some(known) => Ok(known.to_string()),
+        None => Err(format!("unknown feature gate {gate:?} (known: {})", KNOWN_GATES.join(", "))),
+    }
 }
 
 impl NodeArgs {
@@ -49,6 +66,8 @@ impl NodeArgs {
         };
         anyhow::ensure!(!node_name.is_empty(), "--node-name: the host has no name; give one");
         anyhow::ensure!(self.heartbeat_interval > 0, "--heartbeat-interval: must be at least 1 second");
+        let host_disks =
+            HostDiskPolicy::new(self.feature_gates.iter().any(|g| g == HOST_DISK_GATE), &self.host_disk_roots)?;
         Ok(NodeConfig {
             node_name,
             run_dir: self.run_dir.clone(),
@@ -57,11 +76,56 @@ impl NodeArgs {
                 initrd: self.default_initrd.clone(),
                 cmdline: self.default_cmdline.clone(),
                 image_dir: self.image_dir.clone(),
+                host_disks,
             },
             cgroup_parent: self.cgroup_parent.clone(),
             exe: std::env::current_exe()?,
             heartbeat_interval: Duration::from_secs(self.heartbeat_interval),
             cpu_allocation_ratio: self.cpu_allocation_ratio,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<NodeArgs, clap::Error> {
+        let mut all = vec!["kvmlet", "--node-name", "n"];
+        all.extend(args);
+        Cli::try_parse_from(all).map(|c| c.node)
+    }
+
+    #[test]
+    fn feature_gates_are_a_repeatable_comma_list_of_known_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let args = parse(&["--feature-gates", "HostDisk", "--host-disk-root", root]).unwrap();
+        assert_eq!(args.feature_gates, ["HostDisk"]);
+        assert_eq!(
+            args.config().unwrap().defaults.host_disks,
+            HostDiskPolicy::new(true, &[dir.path().into()]).unwrap()
+        );
+        let twice = parse(&["--feature-gates", "HostDisk,HostDisk", "--feature-gates", "HostDisk"]).unwrap();
+        assert_eq!(twice.feature_gates.len(), 3);
+        let unknown = parse(&["--feature-gates", "HostDisk,LiveMigration"]).unwrap_err().to_string();
+        assert!(unknown.contains("unknown feature gate \"LiveMigration\""), "{unknown}");
+    }
+
+    #[test]
+    fn host_disk_roots_and_the_gate_go_together() {
+        let no_root = parse(&["--feature-gates", "HostDisk"]).unwrap().config().unwrap_err();
+        assert!(no_root.to_string().contains("--host-disk-root"), "{no_root}");
+        let no_gate = parse(&["--host-disk-root", "/tmp"]).unwrap().config().unwrap_err();
+        assert!(no_gate.to_string().contains("--feature-gates HostDisk"), "{no_gate}");
+        assert_eq!(parse(&[]).unwrap().config().unwrap().defaults.host_disks, HostDiskPolicy::closed());
     }
 }

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use uuid::Uuid;
-use vmm::nocloud::NoCloudSeed;
 use vmm::{DiskConfig, VmConfig};
+
+use crate::vmi::cloud_init;
 
 #[derive(Debug, Clone, Args)]
 pub struct VmArgs {
@@ -66,7 +67,8 @@ fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
 impl VmArgs {
     /// The VmConfig these flags describe; with cloud-init flags, the seed image
     /// is built into a temporary file that is removed when the result drops.
-    /// The seed's instance-id is the firmware UUID (a new one when none is given).
+    /// The seed follows KubeVirt's rules (`vmi::cloud_init`): its instance-id
+    /// is the firmware UUID (a new one when none is given), its disk has serial `cidata`.
     pub fn prepare(&self) -> anyhow::Result<PreparedVm> {
         let mut config = VmConfig {
             vcpus: self.vcpus,
@@ -86,13 +88,13 @@ impl VmArgs {
         let user_data = read(user_data_path)?;
         let network = self.cloud_init_network_data.as_ref().map(read).transpose()?;
         let uuid = *config.uuid.get_or_insert_with(Uuid::new_v4);
-        let seed = NoCloudSeed::new(&uuid.to_string(), None, user_data, network);
+        let seed = cloud_init::seed(&cloud_init::instance_id(&uuid), None, user_data, network);
         let file = tempfile::Builder::new().prefix("kvmlet-seed-").suffix(".iso").tempfile()?;
         seed.write_image(file.path())?;
         config.disks.push(DiskConfig {
             path: file.path().to_path_buf(),
             readonly: true,
-            serial: Some("cidata".into()),
+            serial: Some(cloud_init::SEED_SERIAL.into()),
         });
         Ok(PreparedVm { config, _seed: Some(file) })
     }

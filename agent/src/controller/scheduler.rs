@@ -23,6 +23,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::node::registration::{MEMORY_RESOURCE, VCPUS_RESOURCE};
+pub use crate::vmi::resources::Request;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SchedulerConfig {
@@ -34,13 +35,6 @@ impl Default for SchedulerConfig {
     fn default() -> SchedulerConfig {
         SchedulerConfig { heartbeat_threshold: Duration::from_secs(300) }
     }
-}
-
-/// What a VMI asks of a node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Request {
-    pub vcpus: u64,
-    pub memory_mib: u64,
 }
 
 /// Mebibytes in a Kubernetes memory quantity ("64Mi", "1Gi", "512M", bytes).
@@ -64,18 +58,11 @@ pub fn quantity_mib(quantity: &str) -> Option<u64> {
     u64::try_from((number * multiplier).div_ceil(1 << 20)).ok()
 }
 
-/// vCPUs (cores·sockets·threads) and memory the VMI asks for. A VMI
-/// without memory counts as 0 here; its node refuses it naming the field.
+/// What the VMI asks for (`vmi::resources`, the rule the node runs it
+/// by). A spec that asks for nothing valid counts as nothing here: admission
+/// refuses such specs, and its node fails an old one naming the field.
 pub fn request(vmi: &VirtualMachineInstance) -> Request {
-    let domain = &vmi.spec.domain;
-    let vcpus = domain
-        .cpu
-        .as_ref()
-        .map_or(1, |cpu| [cpu.cores, cpu.sockets, cpu.threads].iter().map(|n| u64::from(n.unwrap_or(1))).product());
-    let guest = domain.memory.as_ref().and_then(|m| m.guest.as_ref());
-    let requested = domain.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("memory"));
-    let memory_mib = guest.or(requested).and_then(|q| quantity_mib(&q.0)).unwrap_or(0);
-    Request { vcpus, memory_mib }
+    crate::vmi::resources::request(&vmi.spec).unwrap_or_default()
 }
 
 fn status(vmi: &VirtualMachineInstance) -> (Option<&str>, VirtualMachineInstancePhase) {
@@ -348,6 +335,20 @@ mod tests {
         assert_eq!(quantity_mib("64M"), Some(62));
         assert_eq!(quantity_mib("lots"), None);
         assert_eq!(request(&vmi("128Mi", 2, None)), Request { vcpus: 2, memory_mib: 128 });
+        assert_eq!(request(&vmi("1.5Gi", 2, None)), Request { vcpus: 2, memory_mib: 1536 });
+        let mut by_cpu_request = vmi("64Mi", 1, None);
+        by_cpu_request.spec.domain.cpu = None;
+        by_cpu_request
+            .spec
+            .domain
+            .resources
+            .as_mut()
+            .unwrap()
+            .requests
+            .as_mut()
+            .unwrap()
+            .insert("cpu".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("4".into()));
+        assert_eq!(request(&by_cpu_request).vcpus, 4, "scheduled as it will run");
     }
 
     #[test]

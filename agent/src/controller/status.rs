@@ -126,8 +126,8 @@ fn conditions(inputs: &Inputs, old: &[Condition]) -> Vec<Condition> {
             }
         }
     }
-    if let Some((reason, message)) = &inputs.failure {
-        out.push(new_condition("Failure", "True", Some(reason), Some(message.clone()), now));
+    if let Some((reason, message)) = failure(inputs, old) {
+        out.push(new_condition("Failure", "True", Some(&reason), Some(message), now));
     }
     // A condition whose status did not change keeps its transition time.
     for condition in &mut out {
@@ -136,6 +136,33 @@ fn conditions(inputs: &Inputs, old: &[Condition]) -> Vec<Condition> {
         }
     }
     out
+}
+
+/// Why the VM is failing, for its `Failure` condition: an action of this
+/// sync that failed, else a VMI that failed (its Ready condition's reason
+/// and message, as the node wrote them), else the failure recorded before,
+/// kept after the failed VMI is gone until a VMI runs again.
+fn failure(inputs: &Inputs, old: &[Condition]) -> Option<(String, String)> {
+    if let Some(failure) = &inputs.failure {
+        return Some(failure.clone());
+    }
+    let vmi_phase = inputs.vmi.map(phase);
+    if vmi_phase == Some(VirtualMachineInstancePhase::Failed) {
+        let vmi = inputs.vmi?;
+        let ready = condition(vmi, "Ready");
+        let status_reason = vmi.status.as_ref().and_then(|s| s.reason.clone());
+        let reason = ready.and_then(|c| c.reason.clone()).or(status_reason).unwrap_or_else(|| "Failed".into());
+        let message = ready
+            .and_then(|c| c.message.clone())
+            .unwrap_or_else(|| format!("the virtual machine instance {} failed", vmi.name_any()));
+        return Some((reason, message));
+    }
+    let ran = matches!(vmi_phase, Some(VirtualMachineInstancePhase::Running | VirtualMachineInstancePhase::Succeeded));
+    if ran {
+        return None;
+    }
+    let before = old.iter().find(|c| c.type_ == "Failure" && c.status == "True")?;
+    Some((before.reason.clone().unwrap_or_default(), before.message.clone().unwrap_or_default()))
 }
 
 /// The status this sync leads to. `stateChangeRequests` are kept as they
@@ -254,6 +281,40 @@ mod tests {
         running.spec.hostname = None;
         running.spec.termination_grace_period_seconds = Some(0);
         assert!(!restart_required(&vm, &running), "a grace period written by stop is no template change");
+    }
+
+    #[test]
+    fn a_failed_vmi_leaves_a_failure_condition_until_a_vmi_runs() {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let mut vm = VirtualMachine::new("vm", VirtualMachineSpec::default());
+        let message = "spec.volumes[0].containerDisk.image: image \"no/such:1\" is not on this node";
+        let ready = new_condition("Ready", "False", Some("Unsupported"), Some(message.into()), &now);
+        let failed = vmi(VirtualMachineInstancePhase::Failed, vec![ready]);
+        let failure_of = |status: &VirtualMachineStatus| {
+            status.conditions.iter().find(|c| c.type_ == "Failure").map(|c| {
+                (c.status.clone(), c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default())
+            })
+        };
+        let status = compute(&inputs(&vm, Some(&failed)));
+        let expected = Some(("True".to_string(), "Unsupported".to_string(), message.to_string()));
+        assert_eq!(failure_of(&status), expected);
+        // The VMI is deleted: the reason stays.
+        vm.status = Some(status);
+        let gone = compute(&inputs(&vm, None));
+        assert_eq!(failure_of(&gone), expected);
+        // A new VMI still starting: still there.
+        vm.status = Some(gone);
+        let starting = compute(&inputs(&vm, Some(&vmi(VirtualMachineInstancePhase::Scheduled, vec![]))));
+        assert_eq!(failure_of(&starting), expected);
+        // One runs: gone.
+        vm.status = Some(starting);
+        let running = compute(&inputs(&vm, Some(&vmi(VirtualMachineInstancePhase::Running, vec![]))));
+        assert_eq!(failure_of(&running), None);
+        vm.status = Some(running);
+        assert_eq!(failure_of(&compute(&inputs(&vm, None))), None, "nothing to keep once a VMI ran");
+        // A failure of this sync wins over the VMI's.
+        let create = Inputs { failure: Some(("FailedCreate".into(), "no".into())), ..inputs(&vm, Some(&failed)) };
+        assert_eq!(failure_of(&compute(&create)).unwrap().1, "FailedCreate");
     }
 
     #[test]

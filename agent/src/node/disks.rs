@@ -1,6 +1,10 @@
-//! Makes the files a `VmPlan` asks for, in the VM's state directory.
+//! Makes the files a `VmPlan` asks for: the VM's own files in its state
+//! directory, and a `DiskOrCreate` host disk where its (checked) path says.
+//! Every file is born 0600; none is made through a symlink.
 
+use std::fs::OpenOptions;
 use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::translate::DiskFile;
@@ -9,27 +13,46 @@ use super::translate::DiskFile;
 pub fn make(files: &[DiskFile]) -> io::Result<()> {
     for file in files {
         match file {
-            DiskFile::Sparse { path, bytes, keep_existing } => {
-                if *keep_existing && path.exists() {
-                    continue;
-                }
+            DiskFile::Sparse { path, bytes } => {
                 create_parent(path)?;
-                let f = std::fs::File::create(path).map_err(|e| named(path, e))?;
+                let f = create_new(path, true)?;
                 f.set_len(*bytes).map_err(|e| named(path, e))?;
             }
+            DiskFile::HostDisk { path, bytes } => match create_new(path, false) {
+                Ok(f) => f.set_len(*bytes).map_err(|e| named(path, e))?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            },
             DiskFile::Copy { from, to } => {
                 create_parent(to)?;
-                // std::fs::copy uses copy_file_range: a reflink where the
-                // filesystem has them, else an in-kernel copy.
+                // The target is made first (0600, never through a link), then
+                // filled: std::fs::copy uses copy_file_range, a reflink where
+                // the filesystem has them, else an in-kernel copy.
+                drop(create_new(to, true)?);
                 std::fs::copy(from, to).map_err(|e| named(from, e))?;
+                // copy() gives the target the source's mode bits.
+                std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).map_err(|e| named(to, e))?;
             }
             DiskFile::Seed { path, seed } => {
                 create_parent(path)?;
-                seed.write_image(path).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+                seed.write_image(path).map_err(|e| io::Error::other(crate::vmi::with_causes(&e)))?;
             }
         }
     }
     Ok(())
+}
+
+/// A new file, 0600, refusing a symlink in its place. `replace`: a file
+/// left by an earlier attempt (the VM's own state directory) is truncated.
+fn create_new(path: &Path, replace: bool) -> io::Result<std::fs::File> {
+    let mut options = OpenOptions::new();
+    options.write(true).mode(0o600).custom_flags(nix::libc::O_NOFOLLOW);
+    if replace {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    options.open(path).map_err(|e| named(path, e))
 }
 
 fn create_parent(path: &Path) -> io::Result<()> {
@@ -41,4 +64,49 @@ fn create_parent(path: &Path) -> io::Result<()> {
 
 fn named(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn files_are_private_and_host_disks_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let disks = dir.path().join("vm/disks");
+        let host = dir.path().join("host.img");
+        std::fs::write(&host, b"keep me").unwrap();
+        let source = dir.path().join("image.raw");
+        std::fs::write(&source, b"image").unwrap();
+        let created = dir.path().join("created.img");
+        make(&[
+            DiskFile::Sparse { path: disks.join("disk-0.img"), bytes: 4096 },
+            DiskFile::Copy { from: source, to: disks.join("disk-1.img") },
+            DiskFile::HostDisk { path: host.clone(), bytes: 4096 },
+            DiskFile::HostDisk { path: created.clone(), bytes: 1024 },
+        ])
+        .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(std::fs::metadata(disks.join("disk-0.img")).unwrap().len(), 4096);
+        assert_eq!(std::fs::read(disks.join("disk-1.img")).unwrap(), b"image");
+        assert_eq!(std::fs::read(&host).unwrap(), b"keep me", "an existing host disk is kept");
+        assert_eq!(std::fs::metadata(&created).unwrap().len(), 1024);
+        for p in [disks.join("disk-0.img"), disks.join("disk-1.img"), created] {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn no_file_is_made_through_a_symlink_or_in_a_missing_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        symlink(&target, dir.path().join("link.img")).unwrap();
+        assert!(make(&[DiskFile::Sparse { path: dir.path().join("link.img"), bytes: 512 }]).is_err());
+        assert!(!target.exists(), "nothing was created where the link points");
+        let deep = dir.path().join("missing/host.img");
+        assert!(make(&[DiskFile::HostDisk { path: deep.clone(), bytes: 512 }]).is_err());
+        assert!(!deep.parent().unwrap().exists(), "a host disk gets no directories");
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! - `registration`: the Node object, heartbeat and capacity.
 //! - `assign`: standalone mode's one-node scheduler.
-//! - `translate` (+ `quantity`, `disks`): VMI spec → `VmConfig` and disk files.
+//! - `translate` (+ `disks`): VMI spec → `VmConfig` and disk files (the spec's rules: `crate::vmi`).
 //! - `vms`: the table of VM processes, watched over their control sockets.
 //! - `reconcile`: one VMI and its VM process brought in line.
 //! - `report`: status, finalizer and events written back.
@@ -13,7 +13,6 @@
 
 pub mod assign;
 mod disks;
-mod quantity;
 pub mod reconcile;
 pub mod registration;
 pub mod report;

@@ -1,22 +1,28 @@
 //! From a VirtualMachineInstance to the `VmConfig` of its microVM.
 //!
-//! Pure: files are not touched here. The result says which disk files to
-//! make (seed, empty disks, copies of container disks) and `node::disks`
-//! makes them. Anything the VMI asks for that kvmlet cannot honour is an
-//! error naming the field, never ignored.
+//! Pure but for reading the node's image directory and host disk roots:
+//! files are not made here. The result says which disk files to make (seed,
+//! empty disks, copies of container disks) and `node::disks` makes them.
+//! The spec is first checked by `vmi::validate` (the checks admission also
+//! runs); then what only this node knows: its kernel, images, Secrets and
+//! host disk roots. Files kvmlet makes for a VMI get names kvmlet chooses
+//! (`disk-<index>.img`, `cidata.iso`), never a name from the manifest.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use proto::kubevirt::{Disk, VirtualMachineInstance, Volume};
+use proto::kubevirt::{VirtualMachineInstance, Volume};
 use uuid::Uuid;
-use vmm::nocloud::{default_hostname, CloudInitNoCloud, NoCloudSeed};
+use vmm::nocloud::NoCloudSeed;
 use vmm::{ConfigError, DiskConfig, VmConfig};
 
-use super::quantity;
+use crate::vmi::cloud_init::{self, CloudInitNoCloud};
+use crate::vmi::host_disk::HostDiskPolicy;
+pub use crate::vmi::SpecError;
+use crate::vmi::{resources, validate};
 
 /// What the node adds to every VMI: a default kernel for VMIs that name
-/// none, and where container images live.
+/// none, where container images live, and where hostDisks may be.
 #[derive(Debug, Clone, Default)]
 pub struct NodeDefaults {
     pub kernel: Option<PathBuf>,
@@ -25,28 +31,28 @@ pub struct NodeDefaults {
     /// Each image `REF` is the directory `image_dir/REF` (tag `:latest` when
     /// none), with its raw disk in `disk/` and kernels where `kernelPath` says.
     pub image_dir: PathBuf,
+    /// The `HostDisk` feature gate and its roots.
+    pub host_disks: HostDiskPolicy,
 }
 
 /// Secret name → key → bytes, for the `cloudInitNoCloud` secret references.
 pub type Secrets = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
-/// A field of the VMI that cannot be run, with the reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct SpecError {
-    pub field: String,
-    pub message: String,
-}
+/// The seed's file name in the disks directory.
+pub const SEED_FILE: &str = "cidata.iso";
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
-    SpecError { field: field.into(), message: message.into() }
+    SpecError::new(field, message)
 }
 
 /// A disk file to make before the VM starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskFile {
-    /// A sparse file of this size (emptyDisk, hostDisk `DiskOrCreate`).
-    Sparse { path: PathBuf, bytes: u64, keep_existing: bool },
+    /// A new sparse file of this size in the VM's state directory (emptyDisk).
+    Sparse { path: PathBuf, bytes: u64 },
+    /// A hostDisk `DiskOrCreate`: a sparse file made only if none exists,
+    /// in a directory that exists (its path was checked against the roots).
+    HostDisk { path: PathBuf, bytes: u64 },
     /// A private copy of a container disk (writes never reach the image).
     Copy { from: PathBuf, to: PathBuf },
     /// The cloud-init NoCloud seed.
@@ -101,54 +107,34 @@ pub fn translate(
     disks_dir: &Path,
 ) -> Result<VmPlan, SpecError> {
     let spec = &vmi.spec;
-    let domain = &spec.domain;
-    if !spec.networks.is_empty() {
-        return Err(err("spec.networks", "networks are not supported by kvmlet yet"));
-    }
-    if !domain.devices.interfaces.is_empty() {
-        return Err(err("spec.domain.devices.interfaces", "network interfaces are not supported by kvmlet yet"));
-    }
-    if let Some(machine) = &domain.machine {
-        if !matches!(machine.type_.as_str(), "" | "microvm") {
-            return Err(err(
-                "spec.domain.machine.type",
-                format!("{:?} is not supported: kvmlet runs microvm machines (leave it empty)", machine.type_),
-            ));
-        }
-    }
-    let vcpus = vcpus(vmi)?;
-    let memory_mib = memory_mib(vmi)?;
-    let firmware = domain.firmware.clone().unwrap_or_default();
+    validate::spec(spec)?;
+    let request = resources::request(spec)?;
+    let vcpus = u8::try_from(request.vcpus).map_err(|_| err("spec.domain.cpu", "too many vCPUs"))?;
+    let firmware = spec.domain.firmware.clone().unwrap_or_default();
+    // The firmware UUID: the spec's, else the VMI's UID (a VMI always has
+    // one from the API server), else a new one. cloud-init's instance-id follows it.
     let uuid = match &firmware.uuid {
-        Some(uuid) => {
-            Some(Uuid::parse_str(uuid).map_err(|e| err("spec.domain.firmware.uuid", format!("{uuid:?}: {e}")))?)
-        }
-        None => vmi.metadata.uid.as_deref().and_then(|uid| Uuid::parse_str(uid).ok()),
+        Some(uuid) => Uuid::parse_str(uuid).map_err(|e| err("spec.domain.firmware.uuid", format!("{uuid:?}: {e}")))?,
+        None => vmi.metadata.uid.as_deref().and_then(|uid| Uuid::parse_str(uid).ok()).unwrap_or_else(Uuid::new_v4),
     };
     let (kernel, initrd, kernel_field) = kernel(vmi, node)?;
     let cmdline =
         firmware.kernel_boot.as_ref().and_then(|k| k.kernel_args.clone()).unwrap_or_else(|| node.cmdline.clone());
 
-    let mut config =
-        VmConfig { vcpus, memory_mib, initrd, cmdline, uuid, serial: firmware.serial.clone(), ..VmConfig::new(kernel) };
+    let mut config = VmConfig {
+        vcpus,
+        memory_mib: request.memory_mib,
+        initrd,
+        cmdline,
+        uuid: Some(uuid),
+        serial: firmware.serial.clone(),
+        ..VmConfig::new(kernel)
+    };
     let mut files = Vec::new();
     let mut disk_fields = Vec::new();
-    for (index, volume) in spec.volumes.iter().enumerate() {
-        if !domain.devices.disks.iter().any(|d| d.name == volume.name) {
-            return Err(err(
-                format!("spec.volumes[{index}]"),
-                format!("volume {:?} is not used by any disk", volume.name),
-            ));
-        }
-    }
-    let mut seen = Vec::new();
-    for (index, disk) in domain.devices.disks.iter().enumerate() {
+    for (index, disk) in spec.domain.devices.disks.iter().enumerate() {
         let field = format!("spec.domain.devices.disks[{index}]");
-        if seen.contains(&&disk.name) {
-            return Err(err(format!("{field}.name"), format!("disk {:?} is listed twice", disk.name)));
-        }
-        seen.push(&disk.name);
-        let readonly = disk_target(disk, &field)?;
+        let readonly = validate::disk_target(disk, &field)?;
         let (volume_index, volume) = spec
             .volumes
             .iter()
@@ -156,70 +142,18 @@ pub fn translate(
             .find(|(_, v)| v.name == disk.name)
             .ok_or_else(|| err(format!("{field}.name"), format!("no volume named {:?}", disk.name)))?;
         let volume_field = format!("spec.volumes[{volume_index}]");
-        let (path, readonly) = volume_file(vmi, volume, &volume_field, readonly, node, secrets, disks_dir, &mut files)?;
-        config.disks.push(DiskConfig { path, readonly, serial: disk.serial.clone() });
+        let own = disks_dir.join(format!("disk-{index}.img"));
+        let source = VolumeContext { vmi, uuid: &uuid, node, secrets, disks_dir };
+        let (path, readonly, file) = volume_file(&source, volume, &volume_field, readonly, own)?;
+        files.extend(file);
+        let serial = match volume.cloud_init_no_cloud {
+            Some(_) => Some(disk.serial.clone().unwrap_or_else(|| cloud_init::SEED_SERIAL.to_string())),
+            None => disk.serial.clone(),
+        };
+        config.disks.push(DiskConfig { path, readonly, serial });
         disk_fields.push(volume_field);
     }
     Ok(VmPlan { config, files, disk_fields, kernel_field })
-}
-
-/// vCPUs: cores × sockets × threads, else the CPU request, else 1.
-fn vcpus(vmi: &VirtualMachineInstance) -> Result<u8, SpecError> {
-    let domain = &vmi.spec.domain;
-    let count: u64 = match &domain.cpu {
-        Some(cpu) => {
-            if let Some(model) = cpu.model.as_deref() {
-                if !matches!(model, "" | "host-passthrough" | "host-model") {
-                    return Err(err(
-                        "spec.domain.cpu.model",
-                        format!("{model:?} is not supported (kvmlet passes the host CPU through)"),
-                    ));
-                }
-            }
-            [cpu.cores, cpu.sockets, cpu.threads].iter().map(|n| u64::from(n.unwrap_or(1))).product()
-        }
-        None => match domain.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("cpu")) {
-            Some(q) => quantity::cpus(&q.0).map_err(|e| err("spec.domain.resources.requests.cpu", e))?,
-            None => 1,
-        },
-    };
-    u8::try_from(count).ok().filter(|n| (1..=vmm::arch::layout::MAX_VCPUS).contains(n)).ok_or_else(|| {
-        err("spec.domain.cpu", format!("{count} vCPUs, kvmlet runs 1 to {}", vmm::arch::layout::MAX_VCPUS))
-    })
-}
-
-/// Guest memory: `domain.memory.guest`, else `resources.requests.memory`.
-fn memory_mib(vmi: &VirtualMachineInstance) -> Result<u64, SpecError> {
-    let domain = &vmi.spec.domain;
-    if let Some(resources) = &domain.resources {
-        if resources.limits.as_ref().is_some_and(|l| !l.is_empty()) {
-            return Err(err("spec.domain.resources.limits", "limits are not enforced by kvmlet yet"));
-        }
-        for key in resources.requests.iter().flat_map(|r| r.keys()) {
-            if key != "memory" && key != "cpu" {
-                return Err(err(
-                    format!("spec.domain.resources.requests.{key}"),
-                    "not supported (only memory and cpu)",
-                ));
-            }
-        }
-    }
-    let guest = domain.memory.as_ref().and_then(|m| m.guest.as_ref()).map(|q| ("spec.domain.memory.guest", q));
-    let request = || {
-        let requests = domain.resources.as_ref()?.requests.as_ref()?;
-        requests.get("memory").map(|q| ("spec.domain.resources.requests.memory", q))
-    };
-    let (field, q) = guest.or_else(request).ok_or_else(|| {
-        err(
-            "spec.domain.resources.requests.memory",
-            "the VMI sets no memory (domain.memory.guest or resources.requests.memory)",
-        )
-    })?;
-    let bytes = quantity::bytes(&q.0).map_err(|e| err(field, e))?;
-    if bytes == 0 {
-        return Err(err(field, "must be more than 0"));
-    }
-    Ok(bytes.div_ceil(1 << 20))
 }
 
 /// The kernel and initrd: from `kernelBoot.container` in the image directory,
@@ -240,9 +174,6 @@ fn kernel(
         })?;
         return Ok((kernel, node.initrd.clone(), "spec.domain.firmware.kernelBoot"));
     };
-    if let Some(policy) = container.image_pull_policy.as_deref() {
-        check_pull_policy(policy, &format!("{FIELD}.imagePullPolicy"))?;
-    }
     let root = image_root(&node.image_dir, &container.image).map_err(|e| err(format!("{FIELD}.image"), e))?;
     let in_image = |path: &Option<String>, name: &str| -> Result<Option<PathBuf>, SpecError> {
         path.as_deref().map(|p| inside(&root, p).map_err(|e| err(format!("{FIELD}.{name}"), e))).transpose()
@@ -253,105 +184,53 @@ fn kernel(
     Ok((kernel, initrd, "spec.domain.firmware.kernelBoot.container.kernelPath"))
 }
 
-fn disk_target(disk: &Disk, field: &str) -> Result<bool, SpecError> {
-    if disk.cdrom.is_some() {
-        return Err(err(format!("{field}.cdrom"), "cdrom disks are not supported (use disk with bus virtio)"));
-    }
-    if disk.boot_order.is_some() {
-        return Err(err(format!("{field}.bootOrder"), "not supported: kvmlet boots the kernel directly"));
-    }
-    let target = disk.disk.clone().unwrap_or_default();
-    if let Some(bus) = target.bus.as_deref() {
-        if bus != "virtio" {
-            return Err(err(format!("{field}.disk.bus"), format!("{bus:?} is not supported (only virtio)")));
-        }
-    }
-    Ok(target.read_only.unwrap_or(false))
+/// What a volume's file may depend on.
+struct VolumeContext<'a> {
+    vmi: &'a VirtualMachineInstance,
+    uuid: &'a Uuid,
+    node: &'a NodeDefaults,
+    secrets: &'a Secrets,
+    disks_dir: &'a Path,
 }
 
-/// The file behind one volume, and whether it must be read-only.
-#[allow(clippy::too_many_arguments)]
+/// The file behind one volume, whether it must be read-only, and the file
+/// to make for it (`own` is the name kvmlet gives its disk file).
 fn volume_file(
-    vmi: &VirtualMachineInstance,
+    cx: &VolumeContext,
     volume: &Volume,
     field: &str,
     readonly: bool,
-    node: &NodeDefaults,
-    secrets: &Secrets,
-    disks_dir: &Path,
-    files: &mut Vec<DiskFile>,
-) -> Result<(PathBuf, bool), SpecError> {
-    let sources = [
-        volume.container_disk.is_some(),
-        volume.cloud_init_no_cloud.is_some(),
-        volume.host_disk.is_some(),
-        volume.empty_disk.is_some(),
-    ];
-    match sources.iter().filter(|s| **s).count() {
-        1 => {}
-        0 => {
-            return Err(err(
-                field,
-                "no volume source kvmlet supports (containerDisk, hostDisk, emptyDisk, cloudInitNoCloud)",
-            ))
-        }
-        _ => return Err(err(field, "more than one volume source is set")),
-    }
-    let own = disks_dir.join(format!("{}.img", volume.name));
+    own: PathBuf,
+) -> Result<(PathBuf, bool, Option<DiskFile>), SpecError> {
     if let Some(container) = &volume.container_disk {
-        if let Some(policy) = container.image_pull_policy.as_deref() {
-            check_pull_policy(policy, &format!("{field}.containerDisk.imagePullPolicy"))?;
-        }
         let image = &container.image;
-        let root = image_root(&node.image_dir, image).map_err(|e| err(format!("{field}.containerDisk.image"), e))?;
+        let root = image_root(&cx.node.image_dir, image).map_err(|e| err(format!("{field}.containerDisk.image"), e))?;
         let from = match &container.path {
             Some(path) => inside(&root, path).map_err(|e| err(format!("{field}.containerDisk.path"), e))?,
             None => only_disk_file(&root.join("disk")).map_err(|e| err(format!("{field}.containerDisk.image"), e))?,
         };
-        files.push(DiskFile::Copy { from, to: own.clone() });
-        return Ok((own, readonly));
+        return Ok((own.clone(), readonly, Some(DiskFile::Copy { from, to: own })));
     }
     if let Some(empty) = &volume.empty_disk {
-        let bytes = quantity::bytes(&empty.capacity.0).map_err(|e| err(format!("{field}.emptyDisk.capacity"), e))?;
-        files.push(DiskFile::Sparse { path: own.clone(), bytes: round_up_to_sector(bytes), keep_existing: false });
-        return Ok((own, readonly));
+        let bytes = validate::disk_bytes(&empty.capacity.0, &format!("{field}.emptyDisk.capacity"))?;
+        return Ok((own.clone(), readonly, Some(DiskFile::Sparse { path: own, bytes })));
     }
     if let Some(host) = &volume.host_disk {
-        let path = PathBuf::from(&host.path);
-        if !path.is_absolute() {
-            return Err(err(format!("{field}.hostDisk.path"), format!("{:?} is not an absolute path", host.path)));
-        }
-        match host.type_.as_str() {
-            "Disk" => {
-                if !path.exists() {
-                    return Err(err(format!("{field}.hostDisk.path"), format!("{} does not exist", host.path)));
-                }
+        let create = host.type_ == "DiskOrCreate";
+        let path = cx.node.host_disks.allow(&host.path, create, &format!("{field}.hostDisk"))?;
+        let file = match (&host.capacity, create) {
+            (Some(capacity), true) => {
+                let bytes = validate::disk_bytes(&capacity.0, &format!("{field}.hostDisk.capacity"))?;
+                Some(DiskFile::HostDisk { path: path.clone(), bytes })
             }
-            "DiskOrCreate" => {
-                let capacity = host
-                    .capacity
-                    .as_ref()
-                    .ok_or_else(|| err(format!("{field}.hostDisk.capacity"), "required with type DiskOrCreate"))?;
-                let bytes = quantity::bytes(&capacity.0).map_err(|e| err(format!("{field}.hostDisk.capacity"), e))?;
-                files.push(DiskFile::Sparse {
-                    path: path.clone(),
-                    bytes: round_up_to_sector(bytes),
-                    keep_existing: true,
-                });
-            }
-            other => {
-                return Err(err(
-                    format!("{field}.hostDisk.type"),
-                    format!("{other:?} is not a hostDisk type (Disk or DiskOrCreate)"),
-                ))
-            }
-        }
-        return Ok((path, readonly));
+            _ => None,
+        };
+        return Ok((path, readonly, file));
     }
-    let cloud_init = volume.cloud_init_no_cloud.as_ref().expect("one source is set");
+    let cloud_init = volume.cloud_init_no_cloud.as_ref().ok_or_else(|| err(field, "no volume source"))?;
     let secret = |reference: &Option<proto::kubevirt::LocalObjectReference>, keys: [&str; 2], name: &str| {
         let Some(reference) = reference else { return Ok(None) };
-        let data = secrets.get(&reference.name).ok_or_else(|| {
+        let data = cx.secrets.get(&reference.name).ok_or_else(|| {
             err(format!("{field}.cloudInitNoCloud.{name}"), format!("secret {:?} not found", reference.name))
         })?;
         keys.iter().find_map(|k| data.get(*k)).cloned().map(Some).ok_or_else(|| {
@@ -361,57 +240,23 @@ fn volume_file(
             )
         })
     };
-    let source = CloudInitNoCloud {
-        user_data: cloud_init.user_data.clone(),
-        user_data_base64: cloud_init.user_data_base64.clone(),
-        user_data_secret: secret(&cloud_init.secret_ref, ["userdata", "userData"], "secretRef")?,
-        network_data: cloud_init.network_data.clone(),
-        network_data_base64: cloud_init.network_data_base64.clone(),
-        network_data_secret: secret(
-            &cloud_init.network_data_secret_ref,
-            ["networkdata", "networkData"],
-            "networkDataSecretRef",
-        )?,
-    };
-    let (user_data, network_data) = source.resolve().map_err(|e| err(field, e.to_string()))?;
-    let name = vmi.metadata.name.as_deref().unwrap_or_default();
-    let instance_id = vmi
-        .spec
-        .domain
-        .firmware
-        .as_ref()
-        .and_then(|f| f.uuid.clone())
-        .or_else(|| vmi.metadata.uid.clone())
-        .unwrap_or_else(|| name.to_string());
-    let hostname = default_hostname(name, vmi.spec.hostname.as_deref());
-    let seed = NoCloudSeed::new(&instance_id, Some(&hostname), user_data, network_data);
-    files.push(DiskFile::Seed { path: own.clone(), seed });
-    Ok((own, true))
-}
-
-/// Images are node-local: a policy that asks for a pull is refused by name.
-fn check_pull_policy(policy: &str, field: &str) -> Result<(), SpecError> {
-    match policy {
-        "IfNotPresent" | "Never" => Ok(()),
-        other => Err(err(field, format!("{other:?}: kvmlet does not pull images yet (use IfNotPresent or Never)"))),
-    }
-}
-
-fn round_up_to_sector(bytes: u64) -> u64 {
-    bytes.div_ceil(512) * 512
+    let source = CloudInitNoCloud::new(
+        cloud_init,
+        secret(&cloud_init.secret_ref, cloud_init::USER_DATA_KEYS, "secretRef")?,
+        secret(&cloud_init.network_data_secret_ref, cloud_init::NETWORK_DATA_KEYS, "networkDataSecretRef")?,
+    );
+    let (user_data, network_data) = source.resolve().map_err(|e| err(field, crate::vmi::with_causes(&e)))?;
+    let name = cx.vmi.metadata.name.as_deref().unwrap_or_default();
+    let hostname = cloud_init::local_hostname(name, cx.vmi.spec.hostname.as_deref());
+    let seed: NoCloudSeed =
+        cloud_init::seed(&cloud_init::instance_id(cx.uuid), Some(&hostname), user_data, network_data);
+    let path = cx.disks_dir.join(SEED_FILE);
+    Ok((path.clone(), true, Some(DiskFile::Seed { path, seed })))
 }
 
 /// `image_dir/REF`, with `:latest` added to a reference without tag or digest.
 pub fn image_root(image_dir: &Path, image: &str) -> Result<PathBuf, String> {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    let reference =
-        if last.contains(':') || last.contains('@') { image.to_string() } else { format!("{image}:latest") };
-    let relative = Path::new(&reference);
-    let plain = relative.components().all(|c| matches!(c, Component::Normal(_)));
-    if image.is_empty() || !plain {
-        return Err(format!("{image:?} is not an image reference"));
-    }
-    let root = image_dir.join(relative);
+    let root = image_dir.join(validate::image_reference(image)?);
     if !root.is_dir() {
         return Err(format!("image {image:?} is not on this node (no directory {})", root.display()));
     }
@@ -420,11 +265,7 @@ pub fn image_root(image_dir: &Path, image: &str) -> Result<PathBuf, String> {
 
 /// `path` (absolute within the image, as KubeVirt writes it) under `root`.
 fn inside(root: &Path, path: &str) -> Result<PathBuf, String> {
-    let relative = Path::new(path.trim_start_matches('/'));
-    if path.is_empty() || !relative.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(format!("{path:?} is not a path inside the image"));
-    }
-    Ok(root.join(relative))
+    Ok(root.join(validate::path_in_image(path)?))
 }
 
 /// A container disk's one file in `disk/`.

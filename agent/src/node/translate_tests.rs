@@ -1,6 +1,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::vmi::cloud_init;
 
 fn vmi(spec: serde_json::Value) -> VirtualMachineInstance {
     serde_json::from_value(json!({
@@ -18,6 +19,7 @@ fn node() -> NodeDefaults {
         initrd: None,
         cmdline: "console=ttyS0".into(),
         image_dir: "/nonexistent".into(),
+        host_disks: HostDiskPolicy::closed(),
     }
 }
 
@@ -113,6 +115,18 @@ fn each_unsupported_field_is_named() {
             "spec.domain.devices.disks[0].name: no volume named \"d\"",
         ),
         (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "d", "disk": {"bus": "sata"}}]}}, "volumes": [{"name": "d", "emptyDisk": {"capacity": "1Mi"}}]}),
+            "spec.domain.devices.disks[0].disk.bus: Unsupported value: \"sata\"",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "d"}]}}, "volumes": [{"name": "d", "hostDisk": {"path": "/var/disk.img", "type": "Disk"}}]}),
+            "spec.volumes[0].hostDisk.path: hostDisk volumes need the HostDisk feature gate",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "1e3"}}, "devices": {}}}),
+            "spec.domain.resources.requests.memory: \"1e3\" is 1000 bytes",
+        ),
+        (
             json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {}}, "volumes": [{"name": "v", "emptyDisk": {"capacity": "1Mi"}}]}),
             "spec.volumes[0]: volume \"v\" is not used by any disk",
         ),
@@ -135,6 +149,10 @@ fn each_unsupported_field_is_named() {
         (
             json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v", "containerDisk": {"image": "../../etc"}}]}),
             "spec.volumes[0].containerDisk.image: \"../../etc\" is not an image reference",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v", "containerDisk": {"image": "no/such:1"}}]}),
+            "spec.volumes[0].containerDisk.image: image \"no/such:1\" is not on this node",
         ),
         (
             json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v", "cloudInitNoCloud": {"secretRef": {"name": "missing"}}}]}),
@@ -195,9 +213,9 @@ fn disks_follow_the_disk_order_with_their_files() {
         plan.config.disks.iter().map(|d| (d.path.to_str().unwrap(), d.readonly, d.serial.as_deref())).collect();
     assert_eq!(
         disks,
-        [("/d/cloud.img", true, None), ("/d/root.img", false, Some("r0")), ("/d/scratch.img", true, None)]
+        [("/d/cidata.iso", true, Some("cidata")), ("/d/disk-1.img", false, Some("r0")), ("/d/disk-2.img", true, None)]
     );
-    let seed = NoCloudSeed::new(
+    let seed = cloud_init::seed(
         "0b9f7c1e-2f4a-4e5b-9a6c-7d8e9f0a1b2c",
         Some("custom-host"),
         b"#cloud-config\n".to_vec(),
@@ -206,9 +224,9 @@ fn disks_follow_the_disk_order_with_their_files() {
     assert_eq!(
         plan.files,
         [
-            DiskFile::Seed { path: "/d/cloud.img".into(), seed },
-            DiskFile::Copy { from: disk_dir.join("root.raw"), to: "/d/root.img".into() },
-            DiskFile::Sparse { path: "/d/scratch.img".into(), bytes: 1024, keep_existing: false },
+            DiskFile::Seed { path: "/d/cidata.iso".into(), seed },
+            DiskFile::Copy { from: disk_dir.join("root.raw"), to: "/d/disk-1.img".into() },
+            DiskFile::Sparse { path: "/d/disk-2.img".into(), bytes: 1024 },
         ]
     );
 }
@@ -218,8 +236,11 @@ fn config_errors_map_back_to_vmi_fields() {
     let spec = json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "a"}, {"name": "b"}]}},
         "volumes": [{"name": "b", "emptyDisk": {"capacity": "1Mi"}}, {"name": "a", "emptyDisk": {"capacity": "1Mi"}}]});
     let plan = plan(spec).unwrap();
-    let unreadable =
-        ConfigError::DiskUnreadable { index: 0, path: "/d/a.img".into(), source: std::io::ErrorKind::NotFound.into() };
+    let unreadable = ConfigError::DiskUnreadable {
+        index: 0,
+        path: "/d/disk-0.img".into(),
+        source: std::io::ErrorKind::NotFound.into(),
+    };
     assert_eq!(plan.spec_error(&unreadable).field, "spec.volumes[1]", "disk 0 is volume 1");
     assert_eq!(plan.spec_error(&ConfigError::Serial("too long".into())).field, "spec.domain.firmware.serial");
     let missing_kernel = plan.config.validate().unwrap_err();
@@ -235,4 +256,38 @@ fn image_references_get_a_tag() {
     assert!(image_root(dir.path(), "registry:5000/img@sha256:abc").is_ok());
     assert!(image_root(dir.path(), "registry:5000/img").unwrap_err().contains("not on this node"));
     assert!(image_root(dir.path(), "/etc/passwd").is_err());
+}
+
+#[test]
+fn a_seed_keeps_a_serial_its_disk_names() {
+    let spec = json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "ci", "serial": "mine"}]}},
+        "volumes": [{"name": "ci", "cloudInitNoCloud": {"userData": "#!/bin/sh\n"}}]});
+    let plan = plan(spec).unwrap();
+    assert_eq!(plan.config.disks[0].serial.as_deref(), Some("mine"));
+    let DiskFile::Seed { seed, .. } = &plan.files[0] else { panic!("{:?}", plan.files) };
+    let meta: serde_json::Value = serde_json::from_slice(&seed.meta_data).unwrap();
+    assert_eq!(meta["instance-id"], "0b9f7c1e-2f4a-4e5b-9a6c-7d8e9f0a1b2c", "the firmware UUID (here the VMI's UID)");
+    assert_eq!(meta["local-hostname"], "vm1", "the VMI name up to its first dot");
+}
+
+#[test]
+fn host_disks_resolve_under_the_roots_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("a.img"), b"").unwrap();
+    let node = NodeDefaults { host_disks: HostDiskPolicy::new(true, std::slice::from_ref(&root)).unwrap(), ..node() };
+    let spec = |path: &Path, kind: &str| {
+        json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "h"}]}},
+            "volumes": [{"name": "h", "hostDisk": {"path": path, "type": kind, "capacity": "1Mi"}}]})
+    };
+    let run = |path: &Path, kind: &str| translate(&vmi(spec(path, kind)), &node, &Secrets::new(), Path::new("/d"));
+    let plan = run(&root.join("a.img"), "Disk").unwrap();
+    assert_eq!(plan.config.disks[0].path, root.join("a.img"));
+    assert!(plan.files.is_empty(), "Disk makes no file");
+    let plan = run(&root.join("sub/../new.img"), "DiskOrCreate").unwrap();
+    assert_eq!(plan.files, [DiskFile::HostDisk { path: root.join("new.img"), bytes: 1 << 20 }]);
+    let e = run(&root.join("../escape.img"), "DiskOrCreate").unwrap_err();
+    assert_eq!(e.field, "spec.volumes[0].hostDisk.path");
+    assert!(e.message.contains("not under a host disk root"), "{e}");
 }

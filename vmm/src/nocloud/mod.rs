@@ -1,40 +1,30 @@
 //! The cloud-init NoCloud seed disk: an ISO 9660 image labelled `cidata`
 //! holding `meta-data`, `user-data` and, when given, `network-config`, as
-//! cloud-init's NoCloud datasource reads it (and as KubeVirt builds it).
+//! cloud-init's NoCloud datasource reads it. Files in, image out: what goes
+//! into the files (KubeVirt's sources, limits and meta-data keys) is the
+//! caller's business.
 
 mod iso9660;
-mod source;
 
 use std::path::Path;
 
 pub use iso9660::IsoError;
-pub use source::{default_hostname, CloudInitNoCloud, SourceError, MAX_INLINE_DATA};
 
 /// The volume label cloud-init looks for.
 pub const VOLUME_LABEL: &str = "cidata";
 
-/// The files of one seed.
+/// The files of one seed, as their bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoCloudSeed {
+    /// `meta-data`.
     pub meta_data: Vec<u8>,
+    /// `user-data`.
     pub user_data: Vec<u8>,
+    /// `network-config`, present only when given.
     pub network_config: Option<Vec<u8>>,
 }
 
 impl NoCloudSeed {
-    /// `meta-data` is JSON, as KubeVirt writes it: `instance-id` (the firmware
-    /// UUID, so it stays the same across restarts) and `local-hostname`.
-    pub fn new(instance_id: &str, hostname: Option<&str>, user_data: Vec<u8>, network_config: Option<Vec<u8>>) -> Self {
-        let mut meta = serde_json::Map::new();
-        meta.insert("instance-id".into(), instance_id.into());
-        if let Some(hostname) = hostname {
-            meta.insert("local-hostname".into(), hostname.into());
-        }
-        let mut meta_data = serde_json::to_vec_pretty(&meta).expect("a map of strings serializes");
-        meta_data.push(b'\n');
-        NoCloudSeed { meta_data, user_data, network_config }
-    }
-
     /// The ISO 9660 image.
     pub fn image(&self) -> Result<Vec<u8>, IsoError> {
         let mut files = vec![
@@ -55,7 +45,15 @@ impl NoCloudSeed {
         let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
         tmp_name.push(format!(".{}.tmp", std::process::id()));
         let tmp = path.with_file_name(tmp_name);
-        std::fs::write(&tmp, image).and_then(|()| std::fs::rename(&tmp, path)).map_err(|source| {
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // Born private: the seed may hold secrets from user data.
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            file.write_all(&image)?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|source| {
             let _ = std::fs::remove_file(&tmp);
             SeedWriteError::Io { path: path.to_path_buf(), source }
         })
@@ -66,30 +64,26 @@ impl NoCloudSeed {
 pub enum SeedWriteError {
     #[error(transparent)]
     Image(#[from] IsoError),
-    #[error("write {path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("write {path}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn meta_data_carries_instance_id_and_hostname() {
-        let seed = NoCloudSeed::new("5d1c1b34", Some("vm-cirros"), b"#!/bin/sh\n".to_vec(), None);
-        let meta: serde_json::Value = serde_json::from_slice(&seed.meta_data).unwrap();
-        assert_eq!(meta["instance-id"], "5d1c1b34");
-        assert_eq!(meta["local-hostname"], "vm-cirros");
-        let bare = NoCloudSeed::new("x\"y", None, Vec::new(), None);
-        let meta: serde_json::Value = serde_json::from_slice(&bare.meta_data).unwrap();
-        assert_eq!(meta["instance-id"], "x\"y");
-        assert!(meta.get("local-hostname").is_none());
+    fn seed(network_config: Option<Vec<u8>>) -> NoCloudSeed {
+        NoCloudSeed { meta_data: b"instance-id: i\n".to_vec(), user_data: b"u".to_vec(), network_config }
     }
 
     #[test]
     fn network_config_is_only_present_when_given() {
-        let without = NoCloudSeed::new("i", None, b"u".to_vec(), None).image().unwrap();
-        let with = NoCloudSeed::new("i", None, b"u".to_vec(), Some(b"version: 2\n".to_vec())).image().unwrap();
+        let without = seed(None).image().unwrap();
+        let with = seed(Some(b"version: 2\n".to_vec())).image().unwrap();
         let contains = |image: &[u8], needle: &[u8]| image.windows(needle.len()).any(|w| w == needle);
         assert!(!contains(&without, b"network-config"));
         assert!(contains(&with, b"network-config"));
@@ -101,10 +95,12 @@ mod tests {
         let out = dir.path().join("seed.iso");
         let neighbour = dir.path().join("seed.tmp");
         std::fs::write(&neighbour, b"mine").unwrap();
-        let seed = NoCloudSeed::new("i", None, b"u".to_vec(), None);
+        let seed = seed(None);
         seed.write_image(&out).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), seed.image().unwrap());
         assert_eq!(std::fs::read(&neighbour).unwrap(), b"mine");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary file is left behind");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600, "born private");
     }
 }

@@ -229,7 +229,7 @@ fn create(store: &Store, target: &Target, mut object: Value, strict: bool) -> Re
         object.as_object_mut().expect("an object").remove("status");
     }
     admission::mutate(resource, &mut object);
-    admission::check(resource, &name, &object)?;
+    admission::check(resource, &name, &object, None)?;
     let stored =
         store.create(&target.key(&name), object).map_err(|e| ApiError::from_store(e, &target.what(), &name))?;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
@@ -283,7 +283,7 @@ fn update(
         new["metadata"]["generation"] = json!(generation);
     }
     admission::mutate(resource, &mut new);
-    admission::check(resource, name, &new)?;
+    admission::check(resource, name, &new, Some(&current))?;
     // An object being deleted goes away once its last finalizer is removed.
     let finalizers_empty = new["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
     if current["metadata"].get("deletionTimestamp").is_some() && finalizers_empty {

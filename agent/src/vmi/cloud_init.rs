@@ -1,20 +1,33 @@
-//! Where a seed's user data and network data come from: the fields of a
-//! KubeVirt `cloudInitNoCloud` volume, validated the way KubeVirt does.
+//! KubeVirt's `cloudInitNoCloud` rules, in one place for the node and for
+//! `kvmlet run` / `kvmlet nocloud`: where user data and network data come
+//! from, the 2048-byte limit on inline and base64 data, the Secret keys,
+//! and the seed's meta-data (`instance-id` = the firmware UUID, so it stays
+//! the same across restarts; `local-hostname` = `spec.hostname` or the VMI
+//! name up to its first dot). `vmm::nocloud` only writes the image.
 
 use base64::Engine;
+use proto::kubevirt::CloudInitNoCloudSource;
+use uuid::Uuid;
+use vmm::nocloud::NoCloudSeed;
 
 /// KubeVirt's limit for inline and base64 data (after decoding).
 pub const MAX_INLINE_DATA: usize = 2048;
 /// Longest `local-hostname` (a DNS label).
 const MAX_HOSTNAME: usize = 63;
+/// The serial of the seed disk when its disk names none.
+pub const SEED_SERIAL: &str = "cidata";
+/// Keys of a `secretRef` Secret holding user data, in the order tried.
+pub const USER_DATA_KEYS: [&str; 2] = ["userdata", "userData"];
+/// Keys of a `networkDataSecretRef` Secret holding network data, in the order tried.
+pub const NETWORK_DATA_KEYS: [&str; 2] = ["networkdata", "networkData"];
 
-/// The fields of a `cloudInitNoCloud` volume. Secret references are resolved
-/// by the caller (the node agent reads the Secret) and passed as bytes.
+/// The fields of a `cloudInitNoCloud` volume with its Secrets' contents
+/// (resolved by the caller, who can read Secrets).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CloudInitNoCloud {
     pub user_data: Option<String>,
     pub user_data_base64: Option<String>,
-    /// Contents of the Secret named by `secretRef` (key `userdata` or `userData`).
+    /// Contents of the Secret named by `secretRef`.
     pub user_data_secret: Option<Vec<u8>>,
     pub network_data: Option<String>,
     pub network_data_base64: Option<String>,
@@ -32,8 +45,12 @@ pub enum SourceError {
     NetworkDataSources(usize),
     #[error("cloudInitNoCloud.{field}: {len} bytes exceed the {MAX_INLINE_DATA} byte limit")]
     TooLong { field: &'static str, len: usize },
-    #[error("cloudInitNoCloud.{field}: not valid base64: {reason}")]
-    Base64 { field: &'static str, reason: String },
+    #[error("cloudInitNoCloud.{field}: not valid base64")]
+    Base64 {
+        field: &'static str,
+        #[source]
+        source: base64::DecodeError,
+    },
 }
 
 fn count(sources: &[bool]) -> usize {
@@ -50,7 +67,7 @@ fn inline(field: &'static str, data: &str) -> Result<Vec<u8>, SourceError> {
 fn decoded(field: &'static str, data: &str) -> Result<Vec<u8>, SourceError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data.trim())
-        .map_err(|e| SourceError::Base64 { field, reason: e.to_string() })?;
+        .map_err(|source| SourceError::Base64 { field, source })?;
     if bytes.len() > MAX_INLINE_DATA {
         return Err(SourceError::TooLong { field, len: bytes.len() });
     }
@@ -58,6 +75,34 @@ fn decoded(field: &'static str, data: &str) -> Result<Vec<u8>, SourceError> {
 }
 
 impl CloudInitNoCloud {
+    /// The volume's fields, with the Secrets' contents where it refers to them.
+    pub fn new(
+        source: &CloudInitNoCloudSource,
+        user_data_secret: Option<Vec<u8>>,
+        network_data_secret: Option<Vec<u8>>,
+    ) -> CloudInitNoCloud {
+        CloudInitNoCloud {
+            user_data: source.user_data.clone(),
+            user_data_base64: source.user_data_base64.clone(),
+            user_data_secret,
+            network_data: source.network_data.clone(),
+            network_data_base64: source.network_data_base64.clone(),
+            network_data_secret,
+        }
+    }
+
+    /// Checks what can be checked without reading Secrets (a referenced
+    /// Secret counts as a source, its contents are the node's to read).
+    pub fn check(source: &CloudInitNoCloudSource) -> Result<(), SourceError> {
+        let placeholder = |r: &Option<proto::kubevirt::LocalObjectReference>| r.as_ref().map(|_| Vec::new());
+        let fields = CloudInitNoCloud::new(
+            source,
+            placeholder(&source.secret_ref),
+            placeholder(&source.network_data_secret_ref),
+        );
+        fields.resolve().map(drop)
+    }
+
     /// The user data and optional network data, or the first reason they are unusable.
     pub fn resolve(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), SourceError> {
         let users =
@@ -89,11 +134,35 @@ impl CloudInitNoCloud {
     }
 }
 
+/// A seed's `instance-id`: the firmware UUID, so cloud-init sees the same
+/// instance across restarts (and a new one when the UUID changes).
+pub fn instance_id(firmware_uuid: &Uuid) -> String {
+    firmware_uuid.to_string()
+}
+
 /// `local-hostname` as KubeVirt chooses it: `spec.hostname` if set, else the
 /// VMI name up to its first dot; at most 63 characters.
-pub fn default_hostname(vmi_name: &str, hostname: Option<&str>) -> String {
+pub fn local_hostname(vmi_name: &str, hostname: Option<&str>) -> String {
     let name = hostname.filter(|h| !h.is_empty()).unwrap_or_else(|| vmi_name.split('.').next().unwrap_or(vmi_name));
     name.chars().take(MAX_HOSTNAME).collect()
+}
+
+/// The seed's files: `meta-data` is JSON, as KubeVirt writes it, with
+/// `instance-id` and (when given) `local-hostname`.
+pub fn seed(
+    instance_id: &str,
+    hostname: Option<&str>,
+    user_data: Vec<u8>,
+    network_config: Option<Vec<u8>>,
+) -> NoCloudSeed {
+    let mut meta = serde_json::Map::new();
+    meta.insert("instance-id".into(), instance_id.into());
+    if let Some(hostname) = hostname {
+        meta.insert("local-hostname".into(), hostname.into());
+    }
+    let mut meta_data = serde_json::to_vec_pretty(&meta).expect("a map of strings serializes");
+    meta_data.push(b'\n');
+    NoCloudSeed { meta_data, user_data, network_config }
 }
 
 #[cfg(test)]
@@ -142,11 +211,9 @@ mod tests {
         let long = CloudInitNoCloud { user_data: Some("x".repeat(2049)), ..Default::default() };
         assert_eq!(long.resolve(), Err(SourceError::TooLong { field: "userData", len: 2049 }));
         let bad = CloudInitNoCloud { user_data_base64: Some("not base64!".into()), ..Default::default() };
-        assert!(bad
-            .resolve()
-            .unwrap_err()
-            .to_string()
-            .starts_with("cloudInitNoCloud.userDataBase64: not valid base64"));
+        let error = bad.resolve().unwrap_err();
+        assert_eq!(error.to_string(), "cloudInitNoCloud.userDataBase64: not valid base64");
+        assert!(std::error::Error::source(&error).is_some(), "the decoder's error is kept as the source");
         let big = base64::engine::general_purpose::STANDARD.encode(vec![0u8; 2049]);
         let big =
             CloudInitNoCloud { user_data: Some("a".into()), network_data_base64: Some(big), ..Default::default() };
@@ -199,11 +266,35 @@ mod tests {
     }
 
     #[test]
+    fn check_counts_secret_references_without_reading_them() {
+        let source = |v: serde_json::Value| -> CloudInitNoCloudSource { serde_json::from_value(v).unwrap() };
+        assert_eq!(CloudInitNoCloud::check(&source(serde_json::json!({"secretRef": {"name": "s"}}))), Ok(()));
+        let both = source(serde_json::json!({"secretRef": {"name": "s"}, "userData": "x"}));
+        assert_eq!(CloudInitNoCloud::check(&both), Err(SourceError::UserDataSources(2)));
+        let long = source(serde_json::json!({"userData": "x".repeat(3000)}));
+        assert_eq!(CloudInitNoCloud::check(&long), Err(SourceError::TooLong { field: "userData", len: 3000 }));
+    }
+
+    #[test]
     fn hostname_defaults_to_the_first_label_of_the_name() {
-        assert_eq!(default_hostname("vm-cirros", None), "vm-cirros");
-        assert_eq!(default_hostname("web.example.com", None), "web");
-        assert_eq!(default_hostname("web.example.com", Some("db")), "db");
-        assert_eq!(default_hostname("web", Some("")), "web");
-        assert_eq!(default_hostname(&"a".repeat(80), None).len(), 63);
+        assert_eq!(local_hostname("vm-cirros", None), "vm-cirros");
+        assert_eq!(local_hostname("web.example.com", None), "web");
+        assert_eq!(local_hostname("web.example.com", Some("db")), "db");
+        assert_eq!(local_hostname("web", Some("")), "web");
+        assert_eq!(local_hostname(&"a".repeat(80), None).len(), 63);
+    }
+
+    #[test]
+    fn meta_data_carries_instance_id_and_hostname() {
+        let uuid = Uuid::parse_str("5d1c1b34-7f0e-4a5e-9c61-4a2f3b9e8d10").unwrap();
+        let seed = seed(&instance_id(&uuid), Some("vm-cirros"), b"#!/bin/sh\n".to_vec(), None);
+        let meta: serde_json::Value = serde_json::from_slice(&seed.meta_data).unwrap();
+        assert_eq!(meta["instance-id"], "5d1c1b34-7f0e-4a5e-9c61-4a2f3b9e8d10");
+        assert_eq!(meta["local-hostname"], "vm-cirros");
+        assert_eq!(seed.user_data, b"#!/bin/sh\n");
+        let bare = super::seed("x\"y", None, Vec::new(), None);
+        let meta: serde_json::Value = serde_json::from_slice(&bare.meta_data).unwrap();
+        assert_eq!(meta["instance-id"], "x\"y");
+        assert!(meta.get("local-hostname").is_none());
     }
 }

@@ -16,9 +16,11 @@ use serde_json::json;
 
 use super::discovery;
 use super::error::ApiError;
+use super::health;
 use super::objects::{self, Shared};
 use super::openapi;
 use super::openapi_v2;
+use super::private_files;
 use super::store::{ObjectKey, Store, StoreError};
 
 /// Namespaces that exist from the start, as in every cluster.
@@ -38,11 +40,15 @@ pub fn router(store: Shared) -> Router {
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/api/v1", get(openapi::core_document))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi::group_document))
+        .merge(health::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(objects::MAX_REQUEST_BODY))
         .with_state(store)
 }
 
-/// Opens the store under `data_dir` and creates the initial namespaces.
+/// Opens the store under `data_dir` (created 0700 if missing, tightened if
+/// wider; the database file is born 0600) and creates the initial namespaces.
 pub fn open_store(data_dir: &Path) -> Result<Shared, StoreError> {
+    private_files::private_dir(data_dir).map_err(|e| StoreError::Database(format!("{}: {e}", data_dir.display())))?;
     let store = Store::open(&data_dir.join("state.redb"))?;
     for name in INITIAL_NAMESPACES {
         let key = ObjectKey::new("core/namespaces", None, name);
@@ -93,7 +99,8 @@ pub async fn serve(
 
 async fn require_token(State(expected): State<Arc<String>>, request: Request, next: Next) -> Response {
     let presented = request.headers().get("authorization").and_then(|v| v.to_str().ok());
-    if presented == Some(expected.as_str()) {
+    // As kube-apiserver's system:public-info-viewer role: health checks need no credentials.
+    if presented == Some(expected.as_str()) || health::is_health_path(request.uri().path()) {
         return next.run(request).await;
     }
     let unauthorized = ApiError {
@@ -144,10 +151,7 @@ pub fn token(data_dir: &Path) -> std::io::Result<String> {
         }
     }
     let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &token)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(tmp, path)?;
+    private_files::write_private(&path, token.as_bytes())?;
     Ok(token)
 }
 
@@ -159,8 +163,5 @@ pub fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) ->
     let config = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: kvmlet\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\ncontexts:\n- name: kvmlet\n  context:\n    cluster: kvmlet\n    namespace: default\n    user: kvmlet\ncurrent-context: kvmlet\nusers:\n- name: kvmlet\n  user:\n    token: {token}\n"
     );
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, config)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(tmp, path)
+    private_files::write_private(path, config.as_bytes())
 }

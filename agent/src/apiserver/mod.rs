@@ -45,6 +45,7 @@ pub mod objects;
 pub mod openapi;
 pub mod openapi_v2;
 pub mod patch;
+pub mod protobuf;
 pub mod private_files;
 pub mod resources;
 pub mod selectors;

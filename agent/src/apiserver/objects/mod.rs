@@ -19,6 +19,7 @@ use super::error::ApiError;
 use super::events;
 use super::gc;
 use super::openapi;
+use super::protobuf;
 use super::resources::{Resource, RESOURCES};
 use super::selectors::Selectors;
 use super::store::{ObjectKey, Scope, Store};
@@ -488,6 +489,31 @@ async fn watch(store: Shared, target: &Target, query: &HashMap<String, String>) 
     Ok(([("content-type", "application/json")], body).into_response())
 }
 
+/// A protobuf request body as JSON; 400 when it is malformed, 415 when it
+/// holds what the decoder does not understand.
+fn decode_protobuf(body: &Bytes, resource: &Resource) -> Result<Value, ApiError> {
+    let object = protobuf::decode(body).map_err(|error| match error {
+        protobuf::ProtobufError::NoEnvelope | protobuf::ProtobufError::Malformed(_) => {
+            ApiError::bad_request(error.to_string())
+        }
+        _ => ApiError {
+            code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            reason: "UnsupportedMediaType",
+            message: error.to_string(),
+            causes: vec![],
+            subject: None,
+        },
+    })?;
+    if object["kind"] != resource.kind {
+        return Err(ApiError::bad_request(format!(
+            "the body holds a {}, not a {}",
+            object["kind"].as_str().unwrap_or_default(),
+            resource.kind
+        )));
+    }
+    Ok(object)
+}
+
 async fn handle(
     store: Shared,
     method: Method,
@@ -502,9 +528,15 @@ async fn handle(
     // Writes are fsync'ed transactions: keep them off the async workers.
     let strict = query.get("fieldValidation").is_some_and(|v| v.eq_ignore_ascii_case("strict"));
     let as_table = headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(table::wanted);
-    // Only JSON bodies are understood; 415 makes clients that tried protobuf
-    // (kubectl for built-in kinds) fall back to JSON.
-    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    // JSON bodies, and protobuf ones of the kinds `protobuf` decodes (kubectl
+    // 1.32 on sends Namespaces and Secrets so); other media types get a 415.
+    let mut content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let mut body = body;
+    if content_type.starts_with(protobuf::MEDIA_TYPE) && !body.is_empty() {
+        let object = decode_protobuf(&body, target.resource)?;
+        body = Bytes::from(serde_json::to_vec(&object).expect("JSON values serialize"));
+        content_type = "application/json";
+    }
     let apply = content_type.starts_with(APPLY_PATCH);
     if !body.is_empty() && !content_type.contains("json") && !apply {
         return Err(ApiError {

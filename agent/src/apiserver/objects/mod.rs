@@ -668,3 +668,6 @@ mod tests {
         assert!(Target::parse("kubevirt.io", "v1", "widgets").is_err());
     }
 }
+
+#[cfg(test)]
+mod hardening_tests;

@@ -134,7 +134,7 @@ fn unsupported(message: &'static str, field: u64, value: &Wire<'_>) -> Result<()
 }
 
 /// One `map<string, V>` entry {key = 1, value = 2}.
-fn map_entry<'a>(entry: &'a [u8]) -> Result<(String, &'a [u8]), ProtobufError> {
+fn map_entry(entry: &[u8]) -> Result<(String, &[u8]), ProtobufError> {
     let (mut key, mut value) = (String::new(), &[][..]);
     fields(entry, |number, field| {
         match number {

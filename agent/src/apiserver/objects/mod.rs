@@ -180,6 +180,14 @@ fn initial_status(resource: &Resource) -> Option<Value> {
     (resource.group.is_empty() && resource.plural == "namespaces").then(|| json!({"phase": "Active"}))
 }
 
+/// Kubernetes' defaults for fields a client may leave out: a Secret without
+/// a type is `Opaque`.
+fn apply_defaults(resource: &Resource, object: &mut Value) {
+    if resource.group.is_empty() && resource.plural == "secrets" && object["type"].as_str().is_none_or(str::is_empty) {
+        object["type"] = json!("Opaque");
+    }
+}
+
 /// Kubernetes' metadata validation (`validation::object_meta`) as a 422. On
 /// update (`current` given) only labels and annotations that changed are
 /// checked, so objects stored before these checks existed (or with names
@@ -253,6 +261,7 @@ fn create(store: &Store, target: &Target, mut object: Value, strict: bool) -> Re
         }
     }
     check_metadata(resource, &name, &object, None)?;
+    apply_defaults(resource, &mut object);
     admission::mutate(resource, &mut object);
     admission::check(resource, &name, &object)?;
     let stored =
@@ -308,6 +317,7 @@ fn update(
         new["metadata"]["generation"] = json!(generation);
     }
     check_metadata(resource, name, &new, Some(&current))?;
+    apply_defaults(resource, &mut new);
     admission::mutate(resource, &mut new);
     admission::check(resource, name, &new)?;
     // An object being deleted goes away once its last finalizer is removed.

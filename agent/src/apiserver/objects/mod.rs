@@ -18,7 +18,6 @@ use super::admission;
 use super::error::ApiError;
 use super::events;
 use super::gc;
-use super::openapi;
 use super::protobuf;
 use super::resources::{Resource, RESOURCES};
 use super::selectors::Selectors;
@@ -28,8 +27,13 @@ use super::validation;
 use super::watch::{self, WatchRequest};
 
 mod apply;
+mod body;
+mod checks;
 mod patching;
 use apply::{server_side_apply, APPLY_PATCH};
+pub use body::MAX_REQUEST_BODY;
+use body::{decode_protobuf, request_body};
+use checks::{apply_defaults, check_fields, check_metadata, initial_status};
 use patching::{apply_patch, patch_pins_resource_version, PatchLock, PATCH_ATTEMPTS};
 
 pub type Shared = Arc<Store>;
@@ -152,59 +156,6 @@ fn namespace_exists(store: &Store, namespace: &str) -> Result<(), ApiError> {
         Ok(None) => Err(ApiError::not_found("namespaces", namespace)),
         Err(e) => Err(ApiError::internal(e.to_string())),
     }
-}
-
-/// With `fieldValidation=Strict` (kubectl's default), fields the schema does
-/// not know are an error, as on a real API server.
-fn check_fields(target: &Target, object: &Value, strict: bool) -> Result<(), ApiError> {
-    if !strict {
-        return Ok(());
-    }
-    let mut unknown = Vec::new();
-    openapi::unknown_fields(&openapi::schema(target.resource), object, "", &mut unknown);
-    if unknown.is_empty() {
-        return Ok(());
-    }
-    let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
-    let kind = target.resource.kind;
-    Err(ApiError::bad_request(format!(
-        "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
-        target.resource.version,
-        fields.join(", ")
-    )))
-}
-
-/// What the server puts in `status` on create for resources with a status
-/// subresource (Kubernetes' `PrepareForCreate`): a Namespace starts Active.
-fn initial_status(resource: &Resource) -> Option<Value> {
-    (resource.group.is_empty() && resource.plural == "namespaces").then(|| json!({"phase": "Active"}))
-}
-
-/// Kubernetes' defaults for fields a client may leave out: a Secret without
-/// a type is `Opaque`.
-fn apply_defaults(resource: &Resource, object: &mut Value) {
-    if resource.group.is_empty() && resource.plural == "secrets" && object["type"].as_str().is_none_or(str::is_empty) {
-        object["type"] = json!("Opaque");
-    }
-}
-
-/// Kubernetes' metadata validation (`validation::object_meta`) as a 422. On
-/// update (`current` given) only labels and annotations that changed are
-/// checked, so objects stored before these checks existed (or with names
-/// they refuse) can still have their finalizers removed and be deleted.
-fn check_metadata(resource: &Resource, name: &str, object: &Value, current: Option<&Value>) -> Result<(), ApiError> {
-    let mut errors = validation::object_meta(resource, object);
-    if let Some(current) = current {
-        let changed = |field: &str| object["metadata"].get(field) != current["metadata"].get(field);
-        errors.retain(|(field, _)| {
-            (field == "metadata.labels" && changed("labels"))
-                || (field == "metadata.annotations" && changed("annotations"))
-        });
-    }
-    if errors.is_empty() {
-        return Ok(());
-    }
-    Err(ApiError::invalid_in(resource.group, resource.kind, name, errors))
 }
 
 fn create(store: &Store, target: &Target, mut object: Value, strict: bool) -> Result<Response, ApiError> {
@@ -499,31 +450,6 @@ async fn watch(store: Shared, target: &Target, query: &HashMap<String, String>) 
     Ok(([("content-type", "application/json")], body).into_response())
 }
 
-/// A protobuf request body as JSON; 400 when it is malformed, 415 when it
-/// holds what the decoder does not understand.
-fn decode_protobuf(body: &Bytes, resource: &Resource) -> Result<Value, ApiError> {
-    let object = protobuf::decode(body).map_err(|error| match error {
-        protobuf::ProtobufError::NoEnvelope | protobuf::ProtobufError::Malformed(_) => {
-            ApiError::bad_request(error.to_string())
-        }
-        _ => ApiError {
-            code: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            reason: "UnsupportedMediaType",
-            message: error.to_string(),
-            causes: vec![],
-            subject: None,
-        },
-    })?;
-    if object["kind"] != resource.kind {
-        return Err(ApiError::bad_request(format!(
-            "the body holds a {}, not a {}",
-            object["kind"].as_str().unwrap_or_default(),
-            resource.kind
-        )));
-    }
-    Ok(object)
-}
-
 async fn handle(
     store: Shared,
     method: Method,
@@ -623,17 +549,6 @@ async fn handle(
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(if events_view { events::present_response(response).await } else { response })
-}
-
-/// Largest request body, as kube-apiserver's `--max-request-body-bytes` default (3 MiB).
-pub const MAX_REQUEST_BODY: usize = 3 * 1024 * 1024;
-
-/// The request body, or the Status kube-apiserver answers when it could not be read.
-fn request_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(MAX_REQUEST_BODY),
-        _ => ApiError::bad_request(rejection.body_text()),
-    })
 }
 
 pub async fn core(

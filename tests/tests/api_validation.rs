@@ -178,3 +178,19 @@ fn private_files_are_born_private() {
     assert_private(api.data_dir());
     assert!(api.log().contains("tightening the data directory to 0700"), "{}", api.log());
 }
+
+#[test]
+fn an_oversized_manifest_is_refused_with_a_status_kubectl_shows() {
+    let api = Standalone::start();
+    let huge =
+        vm("huge").replace("metadata:\n", &format!("metadata:\n  annotations:\n    x: {}\n", "y".repeat(3 << 20)));
+    for minor in [27, 33] {
+        let error = fails(&kubectl_version(minor), &api, &["create", "-f", "-"], Some(&huge));
+        let shown: String = error.chars().take(400).collect();
+        assert!(
+            error.contains("Error from server (RequestEntityTooLarge)")
+                && error.contains("Request entity too large: limit is 3145728"),
+            "kubectl 1.{minor}: {shown}"
+        );
+    }
+}

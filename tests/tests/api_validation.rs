@@ -174,9 +174,16 @@ fn private_files_are_born_private() {
     // An existing directory that others may read is tightened, with a log line.
     let existing = tempfile::tempdir().unwrap();
     std::fs::set_permissions(existing.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A token kept from an earlier run, readable by others: kept, and tightened.
+    let token = existing.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let api = Standalone::start_in(existing, vec!["--no-node".into()]);
     assert_private(api.data_dir());
     assert!(api.log().contains("tightening the data directory to 0700"), "{}", api.log());
+    assert!(api.log().contains("tightening a private file to 0600"), "{}", api.log());
+    let kubeconfig = std::fs::read_to_string(api.kubeconfig()).unwrap();
+    assert!(kubeconfig.contains("token: 0123456789abcdef0123456789abcdef\n"), "the kept token is served");
 }
 
 #[test]

@@ -26,9 +26,32 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Opens (or creates, mode 0600) a file for reading and writing without
-/// truncating it.
+/// truncating it; an existing file others may read is tightened to 0600.
 pub fn open_private(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(FILE_MODE).open(path)
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(FILE_MODE).open(path)?;
+    tighten(&file, path)?;
+    Ok(file)
+}
+
+/// Reads a private file kept from an earlier run, tightening it to 0600
+/// first if others may read it (written by an older version, or by hand).
+pub fn read_private(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    tighten(&file, path)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Removes group and other permissions from an open file (fchmod: the file
+/// opened, not whatever the path names by now), with a log line.
+fn tighten(file: &File, path: &Path) -> std::io::Result<()> {
+    let mode = file.metadata()?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(file = %path.display(), mode = format!("{mode:04o}"), "tightening a private file to 0600");
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically (a new 0600 file renamed over it), so
@@ -61,6 +84,12 @@ mod tests {
         assert_eq!(std::fs::read(data.join("token")).unwrap(), b"secret");
         open_private(&data.join("state.redb")).unwrap();
         assert_eq!(mode(&data.join("state.redb")), 0o600);
+
+        let shared = data.join("old-token");
+        std::fs::write(&shared, b"kept").unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(read_private(&shared).unwrap(), b"kept");
+        assert_eq!(mode(&shared), 0o600, "a private file kept from before is tightened");
 
         let wide = dir.path().join("wide");
         std::fs::create_dir(&wide).unwrap();

@@ -145,9 +145,10 @@ async fn serve_tls(
 /// kubeconfigs stay valid across restarts.
 pub fn token(data_dir: &Path) -> std::io::Result<String> {
     let path = data_dir.join("token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        if !token.trim().is_empty() {
-            return Ok(token.trim().to_string());
+    if let Ok(token) = private_files::read_private(&path) {
+        let token = String::from_utf8_lossy(&token).trim().to_string();
+        if !token.is_empty() {
+            return Ok(token);
         }
     }
     let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());

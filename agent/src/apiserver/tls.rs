@@ -63,7 +63,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<ServingTls, TlsError> {
     if !dir.join("ca.pem").exists() {
         generate(&dir)?;
     }
-    let read = |name: &str| std::fs::read(dir.join(name)).map_err(io(&dir.join(name)));
+    let read = |name: &str| private_files::read_private(&dir.join(name)).map_err(io(&dir.join(name)));
     let cert = CertificateDer::from(read("server.der")?);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(read("server.key.der")?));
     let ca_pem = String::from_utf8_lossy(&read("ca.pem")?).into_owned();

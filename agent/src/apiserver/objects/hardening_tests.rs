@@ -97,16 +97,18 @@ async fn objects_stored_under_names_now_refused_are_listed_and_deleted() {
     let api = EmbeddedApi::open(dir.path()).unwrap();
     assert_eq!(post(&api, "/api/v1/namespaces", &json!({"metadata": {"name": "old"}})).await.0, StatusCode::CREATED);
     let store = api.store();
-    for name in ["Legacy_One", "Legacy_Two"] {
+    for name in ["Legacy_One", "Legacy_Two", "Legacy_Free"] {
         let mut object = vm(name);
         object["metadata"]["namespace"] = json!("old");
         object["metadata"]["labels"] = json!({"bad key!": "x"});
-        object["metadata"]["finalizers"] = json!(["example.com/hold"]);
+        if name != "Legacy_Free" {
+            object["metadata"]["finalizers"] = json!(["example.com/hold"]);
+        }
         store.create(&ObjectKey::new("kubevirt.io/virtualmachines", Some("old"), name), object).unwrap();
     }
     let old = "/apis/kubevirt.io/v1/namespaces/old/virtualmachines";
     let (code, list) = call(&api, Method::GET, old, vec![]).await;
-    assert_eq!((code, list["items"].as_array().unwrap().len()), (StatusCode::OK, 2));
+    assert_eq!((code, list["items"].as_array().unwrap().len()), (StatusCode::OK, 3));
 
     // Its finalizer can be removed (labels untouched) and then it is deleted by name.
     let remove = serde_json::to_vec(&json!({"metadata": {"finalizers": null}})).unwrap();
@@ -123,14 +125,17 @@ async fn objects_stored_under_names_now_refused_are_listed_and_deleted() {
     // Deleting the namespace deletes what is in it (the finalizer holds the other until removed).
     assert_eq!(call(&api, Method::DELETE, "/api/v1/namespaces/old", vec![]).await.0, StatusCode::OK);
     let key = ObjectKey::new("kubevirt.io/virtualmachines", Some("old"), "Legacy_Two");
+    let free = ObjectKey::new("kubevirt.io/virtualmachines", Some("old"), "Legacy_Free");
     for _ in 0..200 {
-        if store.get(&key).unwrap().is_some_and(|o| o["metadata"].get("deletionTimestamp").is_some()) {
+        let marked = store.get(&key).unwrap().is_some_and(|o| o["metadata"].get("deletionTimestamp").is_some());
+        if marked && store.get(&free).unwrap().is_none() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let held = store.get(&key).unwrap().unwrap();
     assert!(held["metadata"].get("deletionTimestamp").is_some(), "marked for deletion: {held}");
+    assert!(store.get(&free).unwrap().is_none(), "an object without finalizers goes with its namespace");
 }
 
 #[tokio::test]

@@ -162,8 +162,9 @@ fn private_files_are_born_private() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !fresh.join("kubeconfig").exists() {
-        assert!(std::time::Instant::now() < deadline, "the server did not write its kubeconfig");
+    // The unix socket is bound just after the kubeconfig is written.
+    while !fresh.join("kubeconfig").exists() || !fresh.join("api.sock").exists() {
+        assert!(std::time::Instant::now() < deadline, "the server did not write its kubeconfig and socket");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let result = std::panic::catch_unwind(|| assert_private(&fresh));
@@ -179,6 +180,11 @@ fn private_files_are_born_private() {
     std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let api = Standalone::start_in(existing, vec!["--no-node".into()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !api.data_dir().join("api.sock").exists() {
+        assert!(std::time::Instant::now() < deadline, "the server did not bind its socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_private(api.data_dir());
     assert!(api.log().contains("tightening the data directory to 0700"), "{}", api.log());
     assert!(api.log().contains("tightening a private file to 0600"), "{}", api.log());

@@ -87,9 +87,14 @@ pub async fn serve(
     acceptor: tokio_rustls::TlsAcceptor,
     token: String,
 ) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(socket);
-    let unix = tokio::net::UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    // Bound under a staging name and renamed once it is 0600, so the
+    // socket's own name never offers a wider mode (a socket's mode cannot be
+    // given at bind time without changing the process-wide umask).
+    let staging = socket.with_extension("sock.tmp");
+    let _ = std::fs::remove_file(&staging);
+    let unix = tokio::net::UnixListener::bind(&staging)?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&staging, socket)?;
     let unix_server = axum::serve(unix, router.clone().into_make_service());
     let authenticated =
         router.layer(axum::middleware::from_fn_with_state(Arc::new(format!("Bearer {token}")), require_token));

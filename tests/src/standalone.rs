@@ -123,8 +123,12 @@ impl Standalone {
 
     /// `kvmlet standalone --data-dir DIR --listen 127.0.0.1:0 ARGS`, with
     /// `--run-dir DIR/run` and `--image-dir DIR/images` unless ARGS has them.
-    pub fn start_with(mut args: Vec<OsString>) -> Standalone {
-        let dir = tempfile::tempdir().unwrap();
+    pub fn start_with(args: Vec<OsString>) -> Standalone {
+        Standalone::start_in(tempfile::tempdir().unwrap(), args)
+    }
+
+    /// As [`Standalone::start_with`], on a data directory the test prepared.
+    pub fn start_in(dir: tempfile::TempDir, mut args: Vec<OsString>) -> Standalone {
         if !args.iter().any(|a| a == "--no-node") {
             for (flag, sub) in [("--run-dir", "run"), ("--image-dir", "images")] {
                 if !args.iter().any(|a| a == flag) {

@@ -52,12 +52,41 @@ impl ApiError {
         }
     }
 
-    /// 422 Invalid, naming the fields.
+    /// 422 Invalid, naming the fields, for a kind of the `kubevirt.io` group.
     pub fn invalid(kind: &str, name: &str, causes: Vec<(String, String)>) -> Self {
-        let detail: Vec<String> = causes.iter().map(|(field, msg)| format!("{field}: {msg}")).collect();
-        let message = format!("{kind}.kubevirt.io \"{name}\" is invalid: {}", detail.join(", "));
-        let subject = Some(Box::new(("kubevirt.io".to_string(), kind.to_string(), name.to_string())));
+        ApiError::invalid_in("kubevirt.io", kind, name, causes)
+    }
+
+    /// 422 Invalid as kube-apiserver words it (`errors.NewInvalid`):
+    /// `Kind.group "name" is invalid: field: body`, several causes in
+    /// brackets; `causes` are (field, apimachinery's `ErrorBody()`).
+    pub fn invalid_in(group: &str, kind: &str, name: &str, causes: Vec<(String, String)>) -> Self {
+        let mut detail: Vec<String> = Vec::new();
+        for (field, body) in &causes {
+            let line = format!("{field}: {body}");
+            if !detail.contains(&line) {
+                detail.push(line);
+            }
+        }
+        let aggregate = match detail.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        let qualified_kind = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let message = format!("{qualified_kind} \"{name}\" is invalid: {aggregate}");
+        let subject = Some(Box::new((group.to_string(), kind.to_string(), name.to_string())));
         ApiError { code: StatusCode::UNPROCESSABLE_ENTITY, reason: "Invalid", message, causes, subject }
+    }
+
+    /// 413, as kube-apiserver answers a body over its limit.
+    pub fn too_large(limit: usize) -> Self {
+        ApiError {
+            code: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: "RequestEntityTooLarge",
+            message: format!("Request entity too large: limit is {limit}"),
+            causes: vec![],
+            subject: None,
+        }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -87,12 +116,26 @@ impl ApiError {
     }
 }
 
+/// A cause's reason, from the start of its `ErrorBody()` (apimachinery's `field.ErrorType`).
+fn cause_reason(body: &str) -> &'static str {
+    const REASONS: &[(&str, &str)] = &[
+        ("Required value", "FieldValueRequired"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Not found", "FieldValueNotFound"),
+    ];
+    REASONS.iter().find(|(prefix, _)| body.starts_with(prefix)).map_or("FieldValueInvalid", |(_, reason)| reason)
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let causes: Vec<_> = self
             .causes
             .iter()
-            .map(|(field, message)| json!({"reason": "FieldValueInvalid", "field": field, "message": message}))
+            .map(|(field, message)| json!({"reason": cause_reason(message), "field": field, "message": message}))
             .collect();
         let mut status = json!({
             "kind": "Status",

@@ -7,7 +7,8 @@
 //!   (done synchronously by the DELETE handler, see `orphan_dependents`).
 //!
 //! Dependents with finalizers are marked for deletion and go when their
-//! finalizers do, like any other object.
+//! finalizers do, like any other object. Deleting a namespace deletes what
+//! is in it the same way.
 
 use serde_json::{json, Value};
 
@@ -16,6 +17,9 @@ use super::resources::RESOURCES;
 use super::store::{EventType, ObjectKey, Scope, Store};
 
 pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
+/// The store's name for namespaces.
+const NAMESPACES: &str = "core/namespaces";
 
 fn uid(object: &Value) -> Option<&str> {
     object["metadata"]["uid"].as_str()
@@ -79,8 +83,16 @@ pub fn orphan_dependents(store: &Store, namespace: &str, owner_uid: &str) {
 
 /// One pass over what a change implies.
 fn on_change(store: &Store, kind: EventType, key: &ObjectKey, object: &Value) {
-    let Some(owner_uid) = uid(object) else { return };
     let deleted = kind == EventType::Deleted;
+    // A deleted namespace takes everything in it along (each object as by
+    // its own DELETE: finalizers hold it until they are removed).
+    if deleted && key.resource == NAMESPACES {
+        for (contained_key, contained) in objects_in(store, &key.name) {
+            delete(store, &contained_key, &contained);
+        }
+        return;
+    }
+    let Some(owner_uid) = uid(object) else { return };
     let foreground = object["metadata"]["finalizers"]
         .as_array()
         .is_some_and(|f| f.iter().any(|v| v.as_str() == Some(FOREGROUND_FINALIZER)))

@@ -2,10 +2,22 @@
 //!
 //! Layers: `store` (durable objects and change log), `resources` (what is
 //! served), `discovery`, `openapi` (v3, strict field validation), `objects`
-//! (CRUD, patches, deletion with finalizers and propagation policies,
-//! selectors), `watch`, `gc` (ownerReferences), `table` (kubectl columns),
-//! `admission` (KubeVirt's validation), `error` (errors as Status objects),
-//! `server` (router, listeners, kubeconfig).
+//! (CRUD, patches, deletion with finalizers and propagation policies),
+//! `selectors` (label and field selectors as apimachinery parses them),
+//! `validation` (Kubernetes' metadata rules: names, labels, annotations),
+//! `protobuf` (the protobuf request bodies kubectl sends for Namespaces and
+//! Secrets), `watch`, `gc` (ownerReferences, namespace deletion), `table`
+//! (kubectl columns), `admission` (KubeVirt's validation), `error` (errors
+//! as Status objects), `health` (`/healthz`, `/livez`, `/readyz`),
+//! `private_files` (the data directory 0700, secrets born 0600), `server`
+//! (router, listeners, kubeconfig).
+//!
+//! Bad input is answered as kube-apiserver answers it: invalid names and
+//! labels with a 422 `Kind.group "name" is invalid: ...`, malformed
+//! selectors with a 400, bodies over 3 MiB with a 413, a watch from a
+//! resourceVersion the store has not reached (after 3 s) with a 504
+//! `ResourceVersionTooLarge`. Create and update of a resource with a status
+//! subresource leave its status alone (only `/status` writes it).
 //!
 //! `embedded` is the seam for the loops that run inside `kvmlet standalone`
 //! (controller, node loop): [`embedded::EmbeddedApi::client`] gives them a
@@ -27,7 +39,8 @@
 //! Server-side apply is a subset (see `objects::server_side_apply`): create
 //! or merge, without managedFields or conflicts.
 //!
-//! Not yet served: protobuf request bodies (415, clients fall back to JSON).
+//! Protobuf request bodies are decoded for Namespace and Secret (what
+//! kubectl 1.32 on sends them as); other kinds get a 415. Answers are JSON.
 //! Discovery is served both aggregated (apidiscovery.k8s.io v2 and v2beta1,
 //! one request for everything) and in the legacy per-group form.
 //!
@@ -40,13 +53,18 @@ pub mod embedded;
 pub mod error;
 pub mod events;
 pub mod gc;
+pub mod health;
 pub mod objects;
 pub mod openapi;
 pub mod openapi_v2;
 pub mod patch;
+pub mod private_files;
+pub mod protobuf;
 pub mod resources;
+pub mod selectors;
 pub mod server;
 pub mod store;
 pub mod table;
 pub mod tls;
+pub mod validation;
 pub mod watch;

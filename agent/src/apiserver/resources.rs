@@ -40,11 +40,13 @@ const fn core(
 }
 
 pub const RESOURCES: &[Resource] = &[
-    core("namespaces", "namespace", "Namespace", false, &["ns"]),
+    // Namespaces and services have /status in Kubernetes too: create and
+    // update of the object itself leave status alone.
+    Resource { status_subresource: true, ..core("namespaces", "namespace", "Namespace", false, &["ns"]) },
     // As in Kubernetes: agents write capacity through nodes/status.
     Resource { status_subresource: true, ..core("nodes", "node", "Node", false, &["no"]) },
     core("events", "event", "Event", true, &["ev"]),
-    core("services", "service", "Service", true, &["svc"]),
+    Resource { status_subresource: true, ..core("services", "service", "Service", true, &["svc"]) },
     core("secrets", "secret", "Secret", true, &[]),
     Resource {
         group: "coordination.k8s.io",

@@ -16,9 +16,11 @@ use serde_json::json;
 
 use super::discovery;
 use super::error::ApiError;
+use super::health;
 use super::objects::{self, Shared};
 use super::openapi;
 use super::openapi_v2;
+use super::private_files;
 use super::store::{ObjectKey, Store, StoreError};
 
 /// Namespaces that exist from the start, as in every cluster.
@@ -38,11 +40,15 @@ pub fn router(store: Shared) -> Router {
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/api/v1", get(openapi::core_document))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi::group_document))
+        .merge(health::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(objects::MAX_REQUEST_BODY))
         .with_state(store)
 }
 
-/// Opens the store under `data_dir` and creates the initial namespaces.
+/// Opens the store under `data_dir` (created 0700 if missing, tightened if
+/// wider; the database file is born 0600) and creates the initial namespaces.
 pub fn open_store(data_dir: &Path) -> Result<Shared, StoreError> {
+    private_files::private_dir(data_dir).map_err(|e| StoreError::Database(format!("{}: {e}", data_dir.display())))?;
     let store = Store::open(&data_dir.join("state.redb"))?;
     for name in INITIAL_NAMESPACES {
         let key = ObjectKey::new("core/namespaces", None, name);
@@ -81,9 +87,14 @@ pub async fn serve(
     acceptor: tokio_rustls::TlsAcceptor,
     token: String,
 ) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(socket);
-    let unix = tokio::net::UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    // Bound under a staging name and renamed once it is 0600, so the
+    // socket's own name never offers a wider mode (a socket's mode cannot be
+    // given at bind time without changing the process-wide umask).
+    let staging = socket.with_extension("sock.tmp");
+    let _ = std::fs::remove_file(&staging);
+    let unix = tokio::net::UnixListener::bind(&staging)?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&staging, socket)?;
     let unix_server = axum::serve(unix, router.clone().into_make_service());
     let authenticated =
         router.layer(axum::middleware::from_fn_with_state(Arc::new(format!("Bearer {token}")), require_token));
@@ -93,7 +104,8 @@ pub async fn serve(
 
 async fn require_token(State(expected): State<Arc<String>>, request: Request, next: Next) -> Response {
     let presented = request.headers().get("authorization").and_then(|v| v.to_str().ok());
-    if presented == Some(expected.as_str()) {
+    // As kube-apiserver's system:public-info-viewer role: health checks need no credentials.
+    if presented == Some(expected.as_str()) || health::is_health_path(request.uri().path()) {
         return next.run(request).await;
     }
     let unauthorized = ApiError {
@@ -138,16 +150,14 @@ async fn serve_tls(
 /// kubeconfigs stay valid across restarts.
 pub fn token(data_dir: &Path) -> std::io::Result<String> {
     let path = data_dir.join("token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        if !token.trim().is_empty() {
-            return Ok(token.trim().to_string());
+    if let Ok(token) = private_files::read_private(&path) {
+        let token = String::from_utf8_lossy(&token).trim().to_string();
+        if !token.is_empty() {
+            return Ok(token);
         }
     }
     let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &token)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(tmp, path)?;
+    private_files::write_private(&path, token.as_bytes())?;
     Ok(token)
 }
 
@@ -159,8 +169,5 @@ pub fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) ->
     let config = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: kvmlet\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\ncontexts:\n- name: kvmlet\n  context:\n    cluster: kvmlet\n    namespace: default\n    user: kvmlet\ncurrent-context: kvmlet\nusers:\n- name: kvmlet\n  user:\n    token: {token}\n"
     );
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, config)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::rename(tmp, path)
+    private_files::write_private(path, config.as_bytes())
 }

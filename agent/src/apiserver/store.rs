@@ -167,7 +167,9 @@ impl Store {
 
     /// Like `open`, keeping `history` changes for watches.
     pub fn open_with_history(path: &Path, history: u64) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
+        // Born 0600: the objects include Secrets.
+        let file = super::private_files::open_private(path).map_err(|e| StoreError::Database(e.to_string()))?;
+        let db = Database::builder().create_with_backend(redb::backends::FileBackend::new(file)?)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(OBJECTS)?;

@@ -2,13 +2,14 @@
 //! TLS, so standalone mode keeps its own small CA under `DIR/tls/`: created
 //! once, so kubeconfigs and clients stay valid across restarts.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::TlsAcceptor;
+
+use super::private_files;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -28,11 +29,8 @@ pub struct ServingTls {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    let io = |source| TlsError::Io { path: path.display().to_string(), source };
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    private_files::write_private(path, bytes)
+        .map_err(|source| TlsError::Io { path: path.display().to_string(), source })
 }
 
 /// A CA and a certificate for 127.0.0.1 / localhost signed by it.
@@ -61,11 +59,11 @@ pub fn load_or_create(data_dir: &Path) -> Result<ServingTls, TlsError> {
         let path = path.display().to_string();
         move |source| TlsError::Io { path, source }
     };
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    private_files::private_dir(&dir).map_err(io(&dir))?;
     if !dir.join("ca.pem").exists() {
         generate(&dir)?;
     }
-    let read = |name: &str| std::fs::read(dir.join(name)).map_err(io(&dir.join(name)));
+    let read = |name: &str| private_files::read_private(&dir.join(name)).map_err(io(&dir.join(name)));
     let cert = CertificateDer::from(read("server.der")?);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(read("server.key.der")?));
     let ca_pem = String::from_utf8_lossy(&read("ca.pem")?).into_owned();

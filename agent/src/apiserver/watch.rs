@@ -76,6 +76,53 @@ fn type_name(kind: EventType) -> &'static str {
     }
 }
 
+/// How long a watch from a resourceVersion the store has not reached yet
+/// waits for it (kube-apiserver's watch cache waits 3 s).
+pub const RESOURCE_VERSION_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits (at most [`RESOURCE_VERSION_WAIT`]) until the store has reached
+/// `revision`; `Err` holds the store's revision when it did not.
+pub async fn wait_for_revision(store: &Shared, revision: u64) -> Result<(), u64> {
+    let mut changes = store.subscribe();
+    let current = || store.revision().unwrap_or(0);
+    if current() >= revision {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + RESOURCE_VERSION_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, changes.recv()).await {
+            Ok(Ok(event)) if event.revision >= revision => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) if current() >= revision => return Ok(()),
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => {
+                let now = current();
+                return if now >= revision { Ok(()) } else { Err(now) };
+            }
+        }
+    }
+}
+
+/// kube-apiserver's answer to a watch from a resourceVersion newer than the
+/// store (`NewTooLargeResourceVersionError`): 504 Timeout, retry in a second.
+pub fn too_large_resource_version(requested: u64, current: u64) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("Timeout: Too large resource version: {requested}, current: {current}"),
+        "reason": "Timeout",
+        "details": {
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1,
+        },
+        "code": 504,
+    });
+    (axum::http::StatusCode::GATEWAY_TIMEOUT, axum::Json(status)).into_response()
+}
+
 /// The response body of a watch; the stream runs on its own task.
 pub fn start(store: Shared, request: WatchRequest) -> Body {
     let (sink, stream) = mpsc::channel(256);

@@ -43,7 +43,8 @@ pub struct StandaloneArgs {
 
 pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.listen.ip().is_loopback(), "--listen {}: only loopback addresses are served", args.listen);
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
+    crate::apiserver::private_files::private_dir(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
     let node_config = (!args.no_node).then(|| args.node.config()).transpose()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

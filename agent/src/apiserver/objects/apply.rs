@@ -28,7 +28,8 @@ pub(super) fn server_side_apply(
     strict: bool,
 ) -> Result<Response, ApiError> {
     if query.get("fieldManager").is_none_or(|m| m.is_empty()) {
-        return Err(ApiError::invalid(
+        return Err(ApiError::invalid_in(
+            "meta.k8s.io",
             "PatchOptions",
             "",
             vec![("fieldManager".into(), "Required value: is required for apply patch".into())],

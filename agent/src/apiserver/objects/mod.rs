@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,15 +18,22 @@ use super::admission;
 use super::error::ApiError;
 use super::events;
 use super::gc;
-use super::openapi;
+use super::protobuf;
 use super::resources::{Resource, RESOURCES};
+use super::selectors::Selectors;
 use super::store::{ObjectKey, Scope, Store};
 use super::table;
+use super::validation;
 use super::watch::{self, WatchRequest};
 
 mod apply;
+mod body;
+mod checks;
 mod patching;
 use apply::{server_side_apply, APPLY_PATCH};
+pub use body::MAX_REQUEST_BODY;
+use body::{decode_protobuf, request_body};
+use checks::{apply_defaults, check_fields, check_metadata, initial_status};
 use patching::{apply_patch, patch_pins_resource_version, PatchLock, PATCH_ATTEMPTS};
 
 pub type Shared = Arc<Store>;
@@ -59,6 +67,16 @@ impl Target {
         if resource.namespaced == namespace.is_none() && !rest.is_empty() {
             return Err(ApiError::not_found("resource", resource.plural));
         }
+        // NAME[/status]: anything further (a name with '/' in it) names nothing.
+        let served_subresource = |s: &str| s == "status" && resource.status_subresource;
+        if rest.len() > 2 || rest.get(1).is_some_and(|s| !served_subresource(s)) {
+            return Err(ApiError::not_found("resource", &rest.join("/")));
+        }
+        for segment in namespace.iter().map(String::as_str).chain(rest.first().copied()) {
+            if let Some(problem) = validation::path_name(segment) {
+                return Err(ApiError::bad_request(format!("invalid resource name {segment:?}: {problem}")));
+            }
+        }
         let events_view = events::is_view(resource);
         let resource = if events_view { lookup_core_events()? } else { resource };
         Ok(Target {
@@ -91,6 +109,9 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// Longest generateName prefix kept (253 minus the 5-character suffix).
+const MAX_GENERATED_PREFIX: usize = 248;
+
 fn random_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..5].to_string()
 }
@@ -99,44 +120,16 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
 }
 
-pub(super) fn labels_match(object: &Value, selector: &str) -> bool {
-    let labels = &object["metadata"]["labels"];
-    selector.split(',').map(str::trim).filter(|s| !s.is_empty()).all(|term| {
-        if let Some((k, v)) = term.split_once("!=") {
-            labels[k.trim()].as_str() != Some(v.trim())
-        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-            labels[k.trim()].as_str() == Some(v.trim())
-        } else if let Some(k) = term.strip_prefix('!') {
-            labels.get(k.trim()).is_none()
-        } else {
-            labels.get(term).is_some()
-        }
-    })
-}
-
-pub(super) fn fields_match(object: &Value, selector: &str) -> bool {
-    selector.split(',').map(str::trim).filter(|s| !s.is_empty()).all(|term| {
-        let (path, value, equal) = match term.split_once("!=") {
-            Some((p, v)) => (p, v, false),
-            None => match term.split_once("==").or_else(|| term.split_once('=')) {
-                Some((p, v)) => (p, v, true),
-                None => return false,
-            },
-        };
-        let pointer = format!("/{}", path.trim().replace('.', "/"));
-        (object.pointer(&pointer).and_then(Value::as_str) == Some(value.trim())) == equal
-    })
+/// The request's selectors; a malformed one is a 400 with apimachinery's message.
+fn selectors(query: &HashMap<String, String>) -> Result<Selectors, ApiError> {
+    Selectors::from_query(query).map_err(ApiError::bad_request)
 }
 
 fn list(store: &Store, target: &Target, query: &HashMap<String, String>, as_table: bool) -> Result<Response, ApiError> {
+    let selectors = selectors(query)?;
     let scope = Scope { resource: target.resource.store_name(), namespace: target.namespace.clone() };
     let (items, revision) = store.list(&scope).map_err(|e| ApiError::internal(e.to_string()))?;
-    let items: Vec<Value> = items
-        .into_iter()
-        .map(|(_, object)| object)
-        .filter(|o| query.get("labelSelector").is_none_or(|s| labels_match(o, s)))
-        .filter(|o| query.get("fieldSelector").is_none_or(|s| fields_match(o, s)))
-        .collect();
+    let items: Vec<Value> = items.into_iter().map(|(_, object)| object).filter(|o| selectors.matches(o)).collect();
     if as_table {
         return Ok(Json(table::table(target.resource, &items, revision)).into_response());
     }
@@ -165,26 +158,6 @@ fn namespace_exists(store: &Store, namespace: &str) -> Result<(), ApiError> {
     }
 }
 
-/// With `fieldValidation=Strict` (kubectl's default), fields the schema does
-/// not know are an error, as on a real API server.
-fn check_fields(target: &Target, object: &Value, strict: bool) -> Result<(), ApiError> {
-    if !strict {
-        return Ok(());
-    }
-    let mut unknown = Vec::new();
-    openapi::unknown_fields(&openapi::schema(target.resource), object, "", &mut unknown);
-    if unknown.is_empty() {
-        return Ok(());
-    }
-    let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
-    let kind = target.resource.kind;
-    Err(ApiError::bad_request(format!(
-        "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
-        target.resource.version,
-        fields.join(", ")
-    )))
-}
-
 fn create(store: &Store, target: &Target, mut object: Value, strict: bool) -> Result<Response, ApiError> {
     check_fields(target, &object, strict)?;
     let resource = target.resource;
@@ -197,9 +170,14 @@ fn create(store: &Store, target: &Target, mut object: Value, strict: bool) -> Re
         .ok_or_else(|| ApiError::bad_request("metadata is required"))?;
     let name = match (meta.get("name").and_then(Value::as_str), meta.get("generateName").and_then(Value::as_str)) {
         (Some(name), _) if !name.is_empty() => name.to_string(),
-        (_, Some(prefix)) => format!("{prefix}{}", random_suffix()),
+        (_, Some(prefix)) => {
+            // As Kubernetes: the prefix is cut so the name stays within 253 characters.
+            let prefix: String = prefix.chars().take(MAX_GENERATED_PREFIX).collect();
+            format!("{prefix}{}", random_suffix())
+        }
         _ => {
-            return Err(ApiError::invalid(
+            return Err(ApiError::invalid_in(
+                resource.group,
                 resource.kind,
                 "",
                 vec![("metadata.name".into(), "Required value: name or generateName is required".into())],
@@ -225,9 +203,16 @@ fn create(store: &Store, target: &Target, mut object: Value, strict: bool) -> Re
     object["apiVersion"] = json!(resource.api_version());
     object["kind"] = json!(resource.kind);
     if resource.status_subresource {
-        // Status is written by controllers through /status, never on create.
-        object.as_object_mut().expect("an object").remove("status");
+        // Status is written by controllers through /status, never on create:
+        // what the client sent is replaced by the server's default.
+        let object = object.as_object_mut().expect("an object");
+        object.remove("status");
+        if let Some(status) = initial_status(resource) {
+            object.insert("status".into(), status);
+        }
     }
+    check_metadata(resource, &name, &object, None)?;
+    apply_defaults(resource, &mut object);
     admission::mutate(resource, &mut object);
     admission::check(resource, &name, &object, None)?;
     let stored =
@@ -282,6 +267,8 @@ fn update(
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
         new["metadata"]["generation"] = json!(generation);
     }
+    check_metadata(resource, name, &new, Some(&current))?;
+    apply_defaults(resource, &mut new);
     admission::mutate(resource, &mut new);
     admission::check(resource, name, &new, Some(&current))?;
     // An object being deleted goes away once its last finalizer is removed.
@@ -407,12 +394,12 @@ fn delete_collection(
     body: &Bytes,
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
+    let selectors = selectors(query)?;
     let scope = Scope { resource: target.resource.store_name(), namespace: target.namespace.clone() };
     let (items, revision) = store.list(&scope).map_err(|e| ApiError::internal(e.to_string()))?;
     let mut deleted = Vec::new();
     for (_, object) in items {
-        let selected = query.get("labelSelector").is_none_or(|s| labels_match(&object, s))
-            && query.get("fieldSelector").is_none_or(|s| fields_match(&object, s));
+        let selected = selectors.matches(&object);
         let Some(name) = object["metadata"]["name"].as_str().filter(|_| selected) else { continue };
         let one = Target {
             resource: target.resource,
@@ -437,13 +424,18 @@ fn delete_collection(
     .into_response())
 }
 
-fn watch(store: Shared, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
+async fn watch(store: Shared, target: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
     let number = |key: &str| query.get(key).filter(|v| !v.is_empty()).map(|v| v.parse::<u64>());
     let resource_version =
         number("resourceVersion").transpose().map_err(|_| ApiError::bad_request("resourceVersion must be a number"))?;
     let timeout =
         number("timeoutSeconds").transpose().map_err(|_| ApiError::bad_request("timeoutSeconds must be a number"))?;
-    let (labels, fields) = (query.get("labelSelector").cloned(), query.get("fieldSelector").cloned());
+    let selectors = selectors(query)?;
+    if let Some(requested) = resource_version {
+        if let Err(current) = watch::wait_for_revision(&store, requested).await {
+            return Ok(watch::too_large_resource_version(requested, current));
+        }
+    }
     let request = WatchRequest {
         resource: target.resource,
         scope: Scope { resource: target.resource.store_name(), namespace: target.namespace.clone() },
@@ -452,10 +444,7 @@ fn watch(store: Shared, target: &Target, query: &HashMap<String, String>) -> Res
         bookmarks: query.get("allowWatchBookmarks").is_some_and(|v| v == "true"),
         timeout: timeout.map(std::time::Duration::from_secs),
         present: target.events_view.then_some(events::from_core as fn(Value) -> Value),
-        selects: Box::new(move |object| {
-            labels.as_deref().is_none_or(|s| labels_match(object, s))
-                && fields.as_deref().is_none_or(|s| fields_match(object, s))
-        }),
+        selects: Box::new(move |object| selectors.matches(object)),
     };
     let body = watch::start(store, request);
     Ok(([("content-type", "application/json")], body).into_response())
@@ -470,14 +459,20 @@ async fn handle(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     if method == Method::GET && target.name.is_none() && query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        return watch(store, &target, &query);
+        return watch(store, &target, &query).await;
     }
     // Writes are fsync'ed transactions: keep them off the async workers.
     let strict = query.get("fieldValidation").is_some_and(|v| v.eq_ignore_ascii_case("strict"));
     let as_table = headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(table::wanted);
-    // Only JSON bodies are understood; 415 makes clients that tried protobuf
-    // (kubectl for built-in kinds) fall back to JSON.
-    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    // JSON bodies, and protobuf ones of the kinds `protobuf` decodes (kubectl
+    // 1.32 on sends Namespaces and Secrets so); other media types get a 415.
+    let mut content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let mut body = body;
+    if content_type.starts_with(protobuf::MEDIA_TYPE) && !body.is_empty() {
+        let object = decode_protobuf(&body, target.resource)?;
+        body = Bytes::from(serde_json::to_vec(&object).expect("JSON values serialize"));
+        content_type = "application/json";
+    }
     let apply = content_type.starts_with(APPLY_PATCH);
     if !body.is_empty() && !content_type.contains("json") && !apply {
         return Err(ApiError {
@@ -562,10 +557,10 @@ pub async fn core(
     Path(rest): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let target = Target::parse("", "v1", &rest)?;
-    handle(store, method, target, query, headers, body).await
+    handle(store, method, target, query, headers, request_body(body)?).await
 }
 
 pub async fn grouped(
@@ -574,10 +569,10 @@ pub async fn grouped(
     Path((group, version, rest)): Path<(String, String, String)>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let target = Target::parse(&group, &version, &rest)?;
-    handle(store, method, target, query, headers, body).await
+    handle(store, method, target, query, headers, request_body(body)?).await
 }
 
 #[cfg(test)]
@@ -597,14 +592,7 @@ mod tests {
         assert_eq!((t.namespace, t.name), (None, None), "all namespaces");
         assert!(Target::parse("kubevirt.io", "v1", "widgets").is_err());
     }
-
-    #[test]
-    fn selectors() {
-        let object = json!({"metadata": {"name": "a", "namespace": "default", "labels": {"app": "x", "tier": "db"}}});
-        assert!(labels_match(&object, "app=x,tier"));
-        assert!(labels_match(&object, "app==x, !missing"));
-        assert!(!labels_match(&object, "app!=x"));
-        assert!(fields_match(&object, "metadata.name=a,metadata.namespace=default"));
-        assert!(!fields_match(&object, "metadata.name!=a"));
-    }
 }
+
+#[cfg(test)]
+mod hardening_tests;

@@ -70,7 +70,10 @@ pub fn apply_patch(
     if content_type.starts_with("application/json-patch+json") {
         patch::json_patch(shown, patch_body).map_err(|e| match e {
             patch::JsonPatchError::TestFailed(..) => ApiError::conflict(&target.what(), name),
-            other => ApiError::invalid(target.resource.kind, name, vec![("patch".into(), other.to_string())]),
+            other => {
+                let resource = target.resource;
+                ApiError::invalid_in(resource.group, resource.kind, name, vec![("patch".into(), other.to_string())])
+            }
         })
     } else if content_type.starts_with("application/merge-patch+json")
         || content_type.starts_with("application/strategic-merge-patch+json")

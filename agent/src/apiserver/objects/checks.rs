@@ -1,0 +1,69 @@
+//! What create and update check and default before admission: unknown
+//! fields (`fieldValidation=Strict`), Kubernetes' metadata rules, the status
+//! a new object starts with and the defaults of built-in kinds.
+
+use serde_json::{json, Value};
+
+use super::Target;
+use crate::apiserver::error::ApiError;
+use crate::apiserver::openapi;
+use crate::apiserver::resources::Resource;
+use crate::apiserver::validation;
+
+/// With `fieldValidation=Strict` (kubectl's default), fields the schema does
+/// not know are an error, as on a real API server.
+pub(super) fn check_fields(target: &Target, object: &Value, strict: bool) -> Result<(), ApiError> {
+    if !strict {
+        return Ok(());
+    }
+    let mut unknown = Vec::new();
+    openapi::unknown_fields(&openapi::schema(target.resource), object, "", &mut unknown);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    let kind = target.resource.kind;
+    Err(ApiError::bad_request(format!(
+        "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+        target.resource.version,
+        fields.join(", ")
+    )))
+}
+
+/// What the server puts in `status` on create for resources with a status
+/// subresource (Kubernetes' `PrepareForCreate`): a Namespace starts Active.
+pub(super) fn initial_status(resource: &Resource) -> Option<Value> {
+    (resource.group.is_empty() && resource.plural == "namespaces").then(|| json!({"phase": "Active"}))
+}
+
+/// Kubernetes' defaults for fields a client may leave out: a Secret without
+/// a type is `Opaque`.
+pub(super) fn apply_defaults(resource: &Resource, object: &mut Value) {
+    if resource.group.is_empty() && resource.plural == "secrets" && object["type"].as_str().is_none_or(str::is_empty) {
+        object["type"] = json!("Opaque");
+    }
+}
+
+/// Kubernetes' metadata validation (`validation::object_meta`) as a 422. On
+/// update (`current` given) only labels and annotations that changed are
+/// checked, so objects stored before these checks existed (or with names
+/// they refuse) can still have their finalizers removed and be deleted.
+pub(super) fn check_metadata(
+    resource: &Resource,
+    name: &str,
+    object: &Value,
+    current: Option<&Value>,
+) -> Result<(), ApiError> {
+    let mut errors = validation::object_meta(resource, object);
+    if let Some(current) = current {
+        let changed = |field: &str| object["metadata"].get(field) != current["metadata"].get(field);
+        errors.retain(|(field, _)| {
+            (field == "metadata.labels" && changed("labels"))
+                || (field == "metadata.annotations" && changed("annotations"))
+        });
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid_in(resource.group, resource.kind, name, errors))
+}

@@ -31,7 +31,7 @@ async fn post(api: &EmbeddedApi, path: &str, object: &Value) -> (StatusCode, Val
 
 fn vm(name: &str) -> Value {
     json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": name},
-           "spec": {"running": false, "template": {"spec": {"domain": {"devices": {}}}}}})
+           "spec": {"running": false, "template": {"spec": {"domain": {"memory": {"guest": "64Mi"}, "devices": {}}}}}})
 }
 
 #[tokio::test]

@@ -36,7 +36,7 @@ fn fails(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) ->
 
 fn vm(name: &str) -> String {
     format!(
-        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: {name}\nspec:\n  running: false\n  template:\n    spec:\n      domain:\n        devices: {{}}\n"
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: {name}\nspec:\n  running: false\n  template:\n    spec:\n      domain:\n        memory:\n          guest: 64Mi\n        devices: {{}}\n"
     )
 }
 

@@ -88,7 +88,7 @@ fn start() -> StateChangeRequest {
     StateChangeRequest { action: StateChangeAction::Start, uid: None, data: None }
 }
 
-/// KubeVirt's rules (see KUBEVIRT-SEMANTICS.md, "Start / stop / restart").
+/// KubeVirt's rules (see docs/kubevirt-compat.md, "Start, stop, restart").
 /// An error is a conflict with the VM's state, said in words.
 fn decide(verb: Verb, vm: &VirtualMachine, vmi: Option<&VirtualMachineInstance>) -> Result<Change, String> {
     let strategy = vm.spec.effective_run_strategy().ok_or("the VM has no run strategy")?;

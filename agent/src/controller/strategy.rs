@@ -1,5 +1,5 @@
 //! What a run strategy asks for, given the VM's instance and its pending
-//! state change requests (KubeVirt's table; see KUBEVIRT-SEMANTICS.md).
+//! state change requests (KubeVirt's table; see docs/kubevirt-compat.md).
 //! Pure functions: the reconciler feeds them what it read and carries out
 //! the answer.
 

@@ -295,3 +295,36 @@ async fn wait_for_phase_after_create(
     create(vmis, &vmi).await;
     wait_for_phase(vmis, server, &name, Phase::Running).await
 }
+
+#[tokio::test]
+async fn a_second_agent_on_a_busy_run_dir_exits_at_once_and_the_first_ones_vms_keep_running() {
+    let server = Standalone::with_node(&[]);
+    let client = server.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    create(&vmis, &probe_vmi("first", "probe.action=wait", 0)).await;
+    wait_for_phase(&vmis, &server, "first", Phase::Running).await;
+    let pid = ps_entry(&server, "first").unwrap()["pid"].as_i64().unwrap();
+
+    let other_data = tempfile::tempdir().unwrap();
+    let mut second = std::process::Command::new(e2e::kvmlet_bin());
+    second
+        .args(["standalone", "--listen", "127.0.0.1:0", "--node-name", "second-node"])
+        .arg("--data-dir")
+        .arg(other_data.path())
+        .arg("--run-dir")
+        .arg(server.run_dir())
+        .arg("--default-kernel")
+        .arg(&e2e::probe().bzimage);
+    let (out, finished) = e2e::run_within(&mut second, None, Duration::from_secs(30));
+    assert!(finished, "the second server must exit by itself");
+    assert!(!out.status.success(), "the second server exits non-zero");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let real = std::fs::canonicalize(server.run_dir()).unwrap();
+    assert!(stderr.contains(&format!("{} is in use by pid {}", real.display(), server.pid())), "{stderr}");
+    assert!(!other_data.path().join("kubeconfig").exists(), "the second server never served its API");
+
+    assert!(pid_alive(pid as i32), "the first server's VM process lives on");
+    assert_eq!(ps_entry(&server, "first").unwrap()["pid"].as_i64(), Some(pid));
+    assert_eq!(phase(&vmis.get("first").await.unwrap()), Some(Phase::Running));
+    assert!(server.run_dir().join("kvmlet.sock").exists(), "the first server's debugging socket stays");
+}

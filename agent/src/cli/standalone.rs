@@ -50,6 +50,9 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
         let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _health = super::health::serve_optional(args.health_listen, ready.clone()).await?;
         let api = EmbeddedApi::open(&args.data_dir)?;
+        // First, so a second server on a busy run directory stops before it starts anything.
+        let node =
+            node_config.map(|config| NodeLoop::new(api.client(), config.clone()).map(|n| (n, config))).transpose()?;
         // The loops next to the API use an in-process kube::Client through
         // the same handlers kubectl reaches.
         // The controller runs by default when VMs run here too; an API-only
@@ -57,9 +60,7 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
         if !args.no_controller && (args.controller || !args.no_node) {
             tokio::spawn(controller::run_forever(api.client(), args.controller_args.config()));
         }
-        if let Some(config) = node_config {
-            let node = NodeLoop::new(api.client(), config.clone())
-                .with_context(|| format!("--run-dir {}", config.run_dir.display()))?;
+        if let Some((node, config)) = node {
             let socket = config.run_dir.join(debug_socket::SOCKET_NAME);
             let listener = debug_socket::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
             debug_socket::server::spawn(listener, node.vms());

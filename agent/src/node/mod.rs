@@ -17,6 +17,7 @@ mod quantity;
 pub mod reconcile;
 pub mod registration;
 pub mod report;
+pub mod run_dir;
 pub mod translate;
 pub mod vms;
 
@@ -95,18 +96,25 @@ impl NodeContext {
 pub struct NodeLoop {
     ctx: Arc<NodeContext>,
     pokes: mpsc::UnboundedReceiver<ObjectRef<VirtualMachineInstance>>,
+    /// Held until the loop ends (or the process does).
+    _run_dir: run_dir::RunDirLock,
 }
 
 impl NodeLoop {
-    pub fn new(client: Client, config: NodeConfig) -> std::io::Result<NodeLoop> {
-        std::fs::create_dir_all(crate::vmprocess::state_dir::vms_dir(&config.run_dir))?;
-        std::fs::set_permissions(&config.run_dir, std::fs::Permissions::from_mode(0o700))?;
+    /// Fails when another agent holds the run directory (before anything
+    /// in it is touched beyond creating it).
+    pub fn new(client: Client, config: NodeConfig) -> Result<NodeLoop, run_dir::RunDirError> {
+        let prepare = |source| run_dir::RunDirError::Io { path: config.run_dir.clone(), source };
+        std::fs::create_dir_all(&config.run_dir).map_err(prepare)?;
+        let lock = run_dir::RunDirLock::take(&config.run_dir)?;
+        std::fs::create_dir_all(crate::vmprocess::state_dir::vms_dir(&config.run_dir)).map_err(prepare)?;
+        std::fs::set_permissions(&config.run_dir, std::fs::Permissions::from_mode(0o700)).map_err(prepare)?;
         let (poke, pokes) = mpsc::unbounded_channel();
         let vms = VmTable::new(poke);
         vms.attach_all(&config.run_dir);
         crate::metrics::global().add_collector(crate::metrics::vm::collector(vms.clone(), config.node_name.clone()));
         let reporter = report::VmiReporter::new(client.clone(), &config.node_name);
-        Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter }), pokes })
+        Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter }), pokes, _run_dir: lock })
     }
 
     /// The VM table, for the debugging socket.
@@ -117,6 +125,7 @@ impl NodeLoop {
     /// Runs until `shutdown` resolves; then marks the node unschedulable.
     /// VM processes keep running: the next agent re-attaches to them.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+        let _run_dir = self._run_dir;
         let ctx = self.ctx;
         let node = ctx.config.node_name.clone();
         register_until_done(&ctx).await;

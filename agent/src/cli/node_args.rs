@@ -39,6 +39,19 @@ pub struct NodeArgs {
     #[arg(long, value_name = "N", default_value_t = 10, env = "KVMLET_CPU_ALLOCATION_RATIO",
           value_parser = clap::value_parser!(u64).range(1..=100))]
     pub cpu_allocation_ratio: u64,
+    /// Memory offered to VMs (kvmlet.io/memory), a quantity such as 24Gi or
+    /// 512Mi. Default: the host's memory (never overcommitted).
+    #[arg(long, value_name = "QUANTITY", env = "KVMLET_MEMORY_CAPACITY", value_parser = parse_memory_capacity)]
+    pub memory_capacity: Option<u64>,
+}
+
+/// MiB in a memory quantity; at least 1 MiB.
+fn parse_memory_capacity(quantity: &str) -> Result<u64, String> {
+    match crate::controller::scheduler::quantity_mib(quantity) {
+        Some(0) => Err("must be at least 1Mi".into()),
+        Some(mib) => Ok(mib),
+        None => Err(format!("{quantity:?} is not a memory quantity (e.g. 24Gi, 512Mi)")),
+    }
 }
 
 impl NodeArgs {
@@ -62,6 +75,7 @@ impl NodeArgs {
             exe: std::env::current_exe()?,
             heartbeat_interval: Duration::from_secs(self.heartbeat_interval),
             cpu_allocation_ratio: self.cpu_allocation_ratio,
+            memory_capacity_mib: self.memory_capacity,
         })
     }
 }

@@ -13,7 +13,7 @@ use crate::apiserver::embedded::EmbeddedApi;
 use crate::apiserver::{server, tls};
 use crate::controller;
 use crate::debug_socket;
-use crate::node::{assign, NodeLoop};
+use crate::node::NodeLoop;
 
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
@@ -64,7 +64,8 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
             let socket = config.run_dir.join(debug_socket::SOCKET_NAME);
             let listener = debug_socket::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
             debug_socket::server::spawn(listener, node.vms());
-            tokio::spawn(assign::run(api.client(), config.node_name.clone()));
+            // The cluster's scheduler over this one node: the same capacity accounting.
+            tokio::spawn(controller::scheduler::run(api.client(), controller::scheduler::SchedulerConfig::default()));
             tokio::spawn(node.run(std::future::pending()));
             tracing::info!(node = %config.node_name, socket = %socket.display(), "node loop started");
         }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
@@ -85,10 +86,9 @@ fn status(vmi: &VirtualMachineInstance) -> (Option<&str>, VirtualMachineInstance
 
 /// Whether the node's agent heartbeated within `threshold` (a node that
 /// never did is not alive).
-pub fn heartbeat_fresh(node: &Node, threshold: Duration, now: chrono::DateTime<chrono::Utc>) -> bool {
-    let heartbeat =
-        node.annotations().get(HEARTBEAT_ANNOTATION).and_then(|h| chrono::DateTime::parse_from_rfc3339(h).ok());
-    heartbeat.is_some_and(|h| (now - h.with_timezone(&chrono::Utc)).to_std().unwrap_or_default() <= threshold)
+pub fn heartbeat_fresh(node: &Node, threshold: Duration, now: Timestamp) -> bool {
+    let heartbeat = node.annotations().get(HEARTBEAT_ANNOTATION).and_then(|h| h.parse::<Timestamp>().ok());
+    heartbeat.is_some_and(|h| Duration::try_from(now.duration_since(h)).unwrap_or_default() <= threshold)
 }
 
 /// Why a node cannot take a VMI, or None if it can.
@@ -97,7 +97,7 @@ fn unfit(
     vmi: &VirtualMachineInstance,
     used: Request,
     threshold: Duration,
-    now: chrono::DateTime<chrono::Utc>,
+    now: Timestamp,
 ) -> Option<&'static str> {
     if node.labels().get(SCHEDULABLE_LABEL).map(String::as_str) != Some("true") {
         return Some("were not schedulable");
@@ -129,7 +129,7 @@ pub fn choose(
     vmi: &VirtualMachineInstance,
     used: &BTreeMap<String, Request>,
     threshold: Duration,
-    now: chrono::DateTime<chrono::Utc>,
+    now: Timestamp,
 ) -> Result<String, String> {
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     let mut best: Option<(u64, String)> = None;
@@ -171,8 +171,10 @@ pub async fn run(client: Client, config: SchedulerConfig) {
                 None => return,
                 Some(Err(e)) => { tracing::warn!(error = %e, "VMI watch failed; retrying"); continue; }
                 Some(Ok(vmi)) => {
+                    // A placed VMI that runs on changes nothing; a pending one
+                    // needs a place, and one that ends or goes frees room.
                     let (node, phase) = status(&vmi);
-                    if node.is_some() || phase.is_final() || vmi.metadata.deletion_timestamp.is_some() {
+                    if node.is_some() && !phase.is_final() && vmi.metadata.deletion_timestamp.is_none() {
                         continue;
                     }
                 }
@@ -215,7 +217,7 @@ async fn pass(client: &Client, config: &SchedulerConfig) -> kube::Result<()> {
             }
         }
     }
-    let now = chrono::Utc::now();
+    let now = Timestamp::now();
     for vmi in pending {
         let span = tracing::info_span!("vmi", namespace = %vmi.namespace().unwrap_or_default(), name = %vmi.name_any(), uid = %vmi.uid().unwrap_or_default());
         // Instrumented, never entered across an await.
@@ -322,7 +324,7 @@ mod tests {
     use super::*;
 
     fn node(name: &str, labels: &[(&str, &str)], vcpus: &str, memory: &str, heartbeat_age_s: i64) -> Node {
-        let heartbeat = (chrono::Utc::now() - chrono::Duration::seconds(heartbeat_age_s)).to_rfc3339();
+        let heartbeat = (Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(heartbeat_age_s)).to_string();
         let mut all: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         all.insert(SCHEDULABLE_LABEL.into(), "true".into());
         serde_json::from_value(json!({
@@ -353,7 +355,7 @@ mod tests {
     #[test]
     fn picks_a_live_fitting_matching_node_with_the_most_free_memory() {
         let t = Duration::from_secs(300);
-        let now = chrono::Utc::now();
+        let now = Timestamp::now();
         let nodes = vec![
             node("small", &[], "4", "100Mi", 0),
             node("big", &[], "4", "1Gi", 0),

@@ -29,7 +29,7 @@ pub async fn sweep(client: &Client, threshold: Duration) -> kube::Result<()> {
         return Ok(());
     }
     let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
-    let now = chrono::Utc::now();
+    let now = k8s_openapi::jiff::Timestamp::now();
     for vmi in placed {
         let status = vmi.status.clone().unwrap_or_default();
         let node_name = status.node_name.clone().unwrap_or_default();

@@ -2,7 +2,6 @@
 //! node as VM processes and reports their phase.
 //!
 //! - `registration`: the Node object, heartbeat and capacity.
-//! - `assign`: standalone mode's one-node scheduler.
 //! - `translate` (+ `quantity`, `disks`): VMI spec → `VmConfig` and disk files.
 //! - `vms`: the table of VM processes, watched over their control sockets.
 //! - `reconcile`: one VMI and its VM process brought in line.
@@ -11,7 +10,6 @@
 //! Every log line about a VM carries `namespace`, `vmi` (its name; `name` is
 //! taken by the span's own name in JSON logs) and `uid`.
 
-pub mod assign;
 mod disks;
 mod quantity;
 pub mod reconcile;
@@ -64,6 +62,8 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     /// vCPUs offered per host CPU.
     pub cpu_allocation_ratio: u64,
+    /// Memory offered to VMs instead of the host's (`--memory-capacity`).
+    pub memory_capacity_mib: Option<u64>,
 }
 
 /// What every reconcile shares.
@@ -158,7 +158,10 @@ impl NodeLoop {
 }
 
 async fn register_until_done(ctx: &NodeContext) {
-    let capacity = registration::Capacity::of_this_host(ctx.config.cpu_allocation_ratio);
+    let mut capacity = registration::Capacity::of_this_host(ctx.config.cpu_allocation_ratio);
+    if let Some(memory_mib) = ctx.config.memory_capacity_mib {
+        capacity.memory_mib = memory_mib;
+    }
     let mut delay = Duration::from_millis(100);
     loop {
         match registration::register(&ctx.client, &ctx.config.node_name, capacity).await {

@@ -29,8 +29,10 @@ impl Capacity {
     }
 }
 
+/// Now in RFC 3339, whole seconds, UTC (`2026-12-04T17:15:12Z`).
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    let now = k8s_openapi::jiff::Timestamp::now();
+    k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string()
 }
 
 /// Creates the Node if it does not exist, publishes the capacity, then marks

@@ -5,6 +5,7 @@ pub mod apiserver;
 pub mod cli;
 pub mod controller;
 pub mod debug_socket;
+pub mod finalizers;
 pub mod metrics;
 pub mod node;
 pub mod vmprocess;

@@ -83,18 +83,11 @@ async fn fail_or_release(
         ]);
         let patch: json_patch::Patch = serde_json::from_value(patch).expect("a well-formed JSON patch");
         api.patch_status(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
-    } else if vmi.metadata.deletion_timestamp.is_some() && status.reason.as_deref() == Some(REASON) {
-        let list = vmi.finalizers();
-        if list.iter().any(|f| f == VMI_FOREGROUND_FINALIZER) {
-            tracing::info!("removing the finalizer of the unresponsive node");
-            let rest: Vec<&String> = list.iter().filter(|f| *f != VMI_FOREGROUND_FINALIZER).collect();
-            let patch = json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": list},
-                {"op": "replace", "path": "/metadata/finalizers", "value": rest},
-            ]);
-            let patch: json_patch::Patch = serde_json::from_value(patch).expect("a well-formed JSON patch");
-            api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
-        }
+    } else if vmi.metadata.deletion_timestamp.is_some()
+        && status.reason.as_deref() == Some(REASON)
+        && crate::finalizers::remove(&api, vmi, VMI_FOREGROUND_FINALIZER).await?.is_some()
+    {
+        tracing::info!("removed the finalizer of the unresponsive node");
     }
     Ok(())
 }

@@ -4,15 +4,20 @@
 //! - `registration`: the Node object, heartbeat and capacity.
 //! - `translate` (+ `quantity`, `disks`): VMI spec → `VmConfig` and disk files.
 //! - `vms`: the table of VM processes, watched over their control sockets.
-//! - `reconcile`: one VMI and its VM process brought in line.
+//! - `decision`: what to do next for a VMI (pure, table-tested).
+//! - `reconcile`: carries the decision out for one VMI and its VM process.
+//! - `run_dir`: one agent per run directory.
 //! - `report`: status, finalizer and events written back.
 //!
 //! Every log line about a VM carries `namespace`, `vmi` (its name; `name` is
 //! taken by the span's own name in JSON logs) and `uid`.
 
+pub mod decision;
 mod disks;
 mod quantity;
 pub mod reconcile;
+#[cfg(test)]
+mod reconcile_tests;
 pub mod registration;
 pub mod report;
 pub mod run_dir;
@@ -41,9 +46,10 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::Instrument;
 
 pub use translate::NodeDefaults;
-use vms::{Process, VmTable};
+use vms::{Process, VmEntry, VmTable};
 
 use crate::vmprocess::client;
+use crate::vmprocess::state_dir::StateDir;
 
 /// How often VM processes are checked against the VMIs that exist.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -88,6 +94,28 @@ impl NodeContext {
             }
         }
         Ok(secrets)
+    }
+
+    /// Removes the state directory (and cgroup) of a VM whose process is
+    /// gone, once; the entry stays, marked cleaned, for `kvmlet ps`.
+    fn clean_up(&self, entry: &VmEntry) {
+        if entry.cleaned {
+            return;
+        }
+        if let Err(e) = entry.dir.remove() {
+            tracing::warn!(error = %e, "cannot remove the VM's state directory");
+        }
+        if let Some(parent) = &self.config.cgroup_parent {
+            crate::vmprocess::cgroup::remove(parent, &entry.dir);
+        }
+        self.vms.update(&entry.identity.uid, |e| e.cleaned = true);
+    }
+
+    /// A control request whose failure only matters through the next status.
+    async fn request(&self, dir: &StateDir, request: ControlRequest) {
+        if let Err(e) = client::request(dir, &request).await {
+            tracing::debug!(?request, error = %e, "control request failed");
+        }
     }
 }
 
@@ -212,23 +240,15 @@ async fn sweep_orphans(ctx: Arc<NodeContext>, store: Store<VirtualMachineInstanc
                 tracing::info_span!("vmi", namespace = %identity.namespace, vmi = %identity.name, uid = %identity.uid);
             // Instrumented, not entered: an entered span must not be held across an await.
             async {
-                match entry.process {
-                    Process::Exited(_) => {
-                        if !entry.cleaned {
-                            tracing::info!("cleaning up the VM of a VMI that no longer exists");
-                            let _ = entry.dir.remove();
-                            if let Some(parent) = &ctx.config.cgroup_parent {
-                                crate::vmprocess::cgroup::remove(parent, &entry.dir);
-                            }
-                        }
-                        ctx.vms.remove(&identity.uid);
+                if let Process::Exited(_) = entry.process {
+                    if !entry.cleaned {
+                        tracing::info!("cleaning up the VM of a VMI that no longer exists");
                     }
-                    _ => {
-                        tracing::info!("stopping the VM of a VMI that no longer exists");
-                        if let Err(e) = client::request(&entry.dir, &ControlRequest::Kill {}).await {
-                            tracing::debug!(error = %e, "kill failed");
-                        }
-                    }
+                    ctx.clean_up(&entry);
+                    ctx.vms.remove(&identity.uid);
+                } else {
+                    tracing::info!("stopping the VM of a VMI that no longer exists");
+                    ctx.request(&entry.dir, ControlRequest::Kill {}).await;
                 }
             }
             .instrument(span)
@@ -236,5 +256,3 @@ async fn sweep_orphans(ctx: Arc<NodeContext>, store: Store<VirtualMachineInstanc
         }
     }
 }
-
-use vms::VmEntry;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::ObjectRef;
 use proto::debug::{VmExit, VmProcessState, VmProcessStatus, VmSummary};
-use proto::kubevirt::VirtualMachineInstance;
+use proto::kubevirt::{VirtualMachineInstance, VirtualMachineInstancePhase};
 use tokio::sync::mpsc::UnboundedSender;
 use vmm::VmConfig;
 
@@ -116,6 +116,16 @@ impl VmTable {
         }
     }
 
+    /// The VMI phase `kvmlet ps` shows for the VM (if the node has it).
+    pub fn set_phase(&self, uid: &str, phase: VirtualMachineInstancePhase) {
+        let phase = format!("{phase:?}");
+        self.update(uid, |e| {
+            if e.phase != phase {
+                e.phase = phase;
+            }
+        });
+    }
+
     pub fn remove(&self, uid: &str) -> Option<VmEntry> {
         self.lock().remove(uid)
     }
@@ -152,7 +162,7 @@ impl VmTable {
         Ok(())
     }
 
-    fn insert(&self, record: VmRecord, dir: StateDir, pid: Option<u32>, process: Process) {
+    pub(super) fn insert(&self, record: VmRecord, dir: StateDir, pid: Option<u32>, process: Process) {
         let entry = VmEntry {
             identity: record.identity.clone(),
             dir,

@@ -8,4 +8,5 @@ pub mod debug_socket;
 pub mod finalizers;
 pub mod metrics;
 pub mod node;
+pub mod phase_transitions;
 pub mod vmprocess;

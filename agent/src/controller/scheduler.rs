@@ -277,13 +277,7 @@ async fn assign(client: &Client, vmi: &VirtualMachineInstance, node: &str) -> ku
     let mut conditions: Vec<Condition> =
         status.conditions.iter().filter(|c| c.type_ != "PodScheduled").cloned().collect();
     conditions.push(pod_scheduled("True", None, None));
-    let mut transitions = status.phase_transition_timestamps.clone();
-    transitions.push(proto::kubevirt::PhaseTransitionTimestamp {
-        phase: VirtualMachineInstancePhase::Scheduled,
-        phase_transition_timestamp: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::now(),
-        ),
-    });
+    let transitions = crate::phase_transitions::moving_to(&status, VirtualMachineInstancePhase::Scheduled);
     let new_status = proto::kubevirt::VirtualMachineInstanceStatus {
         node_name: Some(node.to_string()),
         phase: Some(VirtualMachineInstancePhase::Scheduled),

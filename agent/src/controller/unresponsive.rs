@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use proto::kubevirt::{Condition, PhaseTransitionTimestamp, VirtualMachineInstance, VirtualMachineInstancePhase};
+use proto::kubevirt::{Condition, VirtualMachineInstance, VirtualMachineInstancePhase};
 use proto::labels::VMI_FOREGROUND_FINALIZER;
 use serde_json::json;
 use tracing::Instrument;
@@ -67,11 +67,7 @@ async fn fail_or_release(
             last_probe_time: None,
             last_transition_time: Some(Time(k8s_openapi::jiff::Timestamp::now())),
         });
-        let mut transitions = status.phase_transition_timestamps.clone();
-        transitions.push(PhaseTransitionTimestamp {
-            phase: VirtualMachineInstancePhase::Failed,
-            phase_transition_timestamp: Time(k8s_openapi::jiff::Timestamp::now()),
-        });
+        let transitions = crate::phase_transitions::moving_to(&status, VirtualMachineInstancePhase::Failed);
         // Tested against what was read: an agent that came back and
         // wrote meanwhile wins.
         let patch = json!([

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
-use proto::kubevirt::{Condition, PhaseTransitionTimestamp, VirtualMachineInstance, VirtualMachineInstancePhase};
+use proto::kubevirt::{Condition, VirtualMachineInstance, VirtualMachineInstancePhase};
 use proto::labels::VMI_FOREGROUND_FINALIZER;
 use serde_json::json;
 
@@ -52,10 +52,7 @@ impl VmiReporter {
             _ => ready,
         };
         conditions.push(ready);
-        let mut transitions = status.phase_transition_timestamps.clone();
-        if status.phase != Some(change.phase) {
-            transitions.push(PhaseTransitionTimestamp { phase: change.phase, phase_transition_timestamp: Time(now()) });
-        }
+        let transitions = crate::phase_transitions::moving_to(&status, change.phase);
         let patch = json!({
             "status": {
                 "phase": change.phase,

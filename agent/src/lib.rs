@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod cli;
+pub mod clock;
 pub mod controller;
 pub mod debug_socket;
 pub mod finalizers;

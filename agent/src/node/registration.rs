@@ -29,12 +29,6 @@ impl Capacity {
     }
 }
 
-/// Now in RFC 3339, whole seconds, UTC (`2026-12-04T17:15:12Z`).
-fn now() -> String {
-    let now = k8s_openapi::jiff::Timestamp::now();
-    k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now).to_string()
-}
-
 /// Creates the Node if it does not exist, publishes the capacity, then marks
 /// it schedulable with a fresh heartbeat.
 pub async fn register(client: &Client, node_name: &str, capacity: Capacity) -> kube::Result<()> {
@@ -68,7 +62,7 @@ pub async fn heartbeat(client: &Client, node_name: &str, schedulable: bool) -> k
     let patch = json!({
         "metadata": {
             "labels": {SCHEDULABLE_LABEL: schedulable.to_string()},
-            "annotations": {HEARTBEAT_ANNOTATION: now()},
+            "annotations": {HEARTBEAT_ANNOTATION: crate::clock::now_rfc3339()},
         }
     });
     nodes.patch(node_name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())

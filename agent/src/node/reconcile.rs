@@ -259,13 +259,7 @@ async fn finish(
     if phase.is_final() {
         return Ok(());
     }
-    let (final_phase, reason) = match exit.kind {
-        VmExitKind::PowerOff => (Phase::Succeeded, "GuestPoweredOff"),
-        VmExitKind::Killed if killed_after_grace.is_some() => (Phase::Failed, "GracePeriodExpired"),
-        VmExitKind::Killed => (Phase::Failed, "Killed"),
-        VmExitKind::TripleFault => (Phase::Failed, "GuestCrashed"),
-        VmExitKind::Error => (Phase::Failed, "VMProcessFailed"),
-    };
+    let (final_phase, reason) = (exit.kind.vmi_phase(), exit.kind.vmi_reason(killed_after_grace.is_some()));
     let message = match killed_after_grace {
         Some(grace) if grace.is_zero() => "grace period 0: the VM was killed".to_string(),
         Some(grace) => {

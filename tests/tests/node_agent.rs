@@ -134,6 +134,13 @@ async fn restarting_the_agent_keeps_vms_running_and_reattaches() {
     let entry = ps_entry(&server, "survivor").expect("the new agent lists the VM");
     assert_eq!(entry["pid"].as_i64(), Some(pid), "same VM process");
     assert!(pid_alive(pid as i32));
+    // kvmlet ps shows the VMI's phase once the new agent has looked at it,
+    // not only after the VMI's next phase change.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ps_entry(&server, "survivor").unwrap()["phase"] != "Running" {
+        assert!(std::time::Instant::now() < deadline, "ps: {:?}", ps_entry(&server, "survivor"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The VM still answers through the new agent, and its VMI never left Running.
     let (ok, console) = node_socket(&server, &[], "/v1/namespaces/default/vms/survivor/console");
     assert!(ok && console.contains("probe: waiting for power button"), "{console}");

@@ -26,10 +26,10 @@ pub struct StandaloneArgs {
     /// Serve the API only: no node loop runs VMs here (agents elsewhere may).
     #[arg(long)]
     pub no_node: bool,
-    /// Do not run the VM controller here (`kvmlet controller` replicas run it).
+    /// Do not run the VM controller and scheduler here (`kvmlet controller` replicas run them).
     #[arg(long, conflicts_with = "controller")]
     pub no_controller: bool,
-    /// Run the VM controller even with --no-node (by default it runs with the node loop).
+    /// Run the VM controller and scheduler even with --no-node (by default they run with the node loop).
     #[arg(long)]
     pub controller: bool,
     /// Serve /healthz, /readyz and /metrics on this address.
@@ -59,13 +59,14 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
         // server (--no-node) is a cluster's API, whose controller may run elsewhere.
         if !args.no_controller && (args.controller || !args.no_node) {
             tokio::spawn(controller::run_forever(api.client(), args.controller_args.config()));
+            // With it, the cluster's scheduler (as `kvmlet controller` runs it):
+            // VMIs go to this node, or to agents' nodes, by the same capacity accounting.
+            tokio::spawn(controller::scheduler::run(api.client(), controller::scheduler::SchedulerConfig::default()));
         }
         if let Some((node, config)) = node {
             let socket = config.run_dir.join(debug_socket::SOCKET_NAME);
             let listener = debug_socket::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
             debug_socket::server::spawn(listener, node.vms());
-            // The cluster's scheduler over this one node: the same capacity accounting.
-            tokio::spawn(controller::scheduler::run(api.client(), controller::scheduler::SchedulerConfig::default()));
             tokio::spawn(node.run(std::future::pending()));
             tracing::info!(node = %config.node_name, socket = %socket.display(), "node loop started");
         }

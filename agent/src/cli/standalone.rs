@@ -61,7 +61,12 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
             tokio::spawn(controller::run_forever(api.client(), args.controller_args.config()));
             // With it, the cluster's scheduler (as `kvmlet controller` runs it):
             // VMIs go to this node, or to agents' nodes, by the same capacity accounting.
-            tokio::spawn(controller::scheduler::run(api.client(), controller::scheduler::SchedulerConfig::default()));
+            // This node's heartbeat, however slow it was set, never counts as stale.
+            let mut scheduling = controller::scheduler::SchedulerConfig::default();
+            if let Some((_, config)) = &node {
+                scheduling.heartbeat_threshold = scheduling.heartbeat_threshold.max(config.heartbeat_interval * 5);
+            }
+            tokio::spawn(controller::scheduler::run(api.client(), scheduling));
         }
         if let Some((node, config)) = node {
             let socket = config.run_dir.join(debug_socket::SOCKET_NAME);

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::decision::{self, Observed, Step, AFTER_KILL, POWER_BUTTON_REPEAT};
 use super::report::PhaseChange;
-use super::vms::{Process, Shutdown, VmEntry};
+use super::vms::{Shutdown, VmEntry};
 use super::{disks, translate, NodeContext};
 use crate::vmprocess::state_dir::{StateDir, VmIdentity, VmRecord};
 
@@ -83,10 +83,7 @@ async fn carry_out(
             Ok(Action::await_change())
         }
         (Step::Finish { killed_after_grace }, Some(entry)) => {
-            let exit = match &entry.process {
-                Process::Exited(Some(exit)) => exit.clone(),
-                _ => crashed(&entry),
-            };
+            let exit = entry.exit().unwrap_or_else(lost);
             finish(vmi, phase, &exit, killed_after_grace, ctx).await?;
             ctx.clean_up(&entry);
             ctx.reporter.remove_finalizer(vmi).await?;
@@ -235,17 +232,6 @@ async fn fail(
     ctx.reporter.event(vmi, EventType::Warning, "Failed", message).await;
     ctx.reporter.remove_finalizer(vmi).await?;
     Ok(Action::await_change())
-}
-
-fn crashed(entry: &VmEntry) -> VmExit {
-    let pid = entry.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-    let log = std::fs::read_to_string(entry.dir.vmm_log()).unwrap_or_default();
-    let last = log.lines().rev().find(|l| !l.trim().is_empty()).map(|l| format!(": {}", l.trim())).unwrap_or_default();
-    VmExit {
-        kind: VmExitKind::Error,
-        message: format!("the VM process{pid} died unexpectedly{last}"),
-        at_ms: crate::vmprocess::server::now_ms(),
-    }
 }
 
 /// Writes the final phase for how the guest ended (once).

@@ -62,15 +62,7 @@ impl VmEntry {
             .and_then(|s| s.started_at_ms)
             .filter(|_| running)
             .map(|started| now_ms().saturating_sub(started) / 1000);
-        let last_exit = match &self.process {
-            Process::Exited(Some(exit)) => Some(exit.clone()),
-            Process::Exited(None) => Some(VmExit {
-                kind: proto::debug::VmExitKind::Error,
-                message: "the VM process died without recording an exit".into(),
-                at_ms: 0,
-            }),
-            _ => None,
-        };
+        let last_exit = self.exit();
         VmSummary {
             namespace: self.identity.namespace.clone(),
             name: self.identity.name.clone(),
@@ -82,6 +74,28 @@ impl VmEntry {
             uptime_seconds,
             boots: self.status.as_ref().map_or(0, |s| s.boots),
             last_exit,
+        }
+    }
+
+    /// How the VM ended, once its process is gone: the exit it recorded, or
+    /// (killed, crashed) that it died, with the last line of its log.
+    pub fn exit(&self) -> Option<VmExit> {
+        match &self.process {
+            Process::Exited(Some(exit)) => Some(exit.clone()),
+            Process::Exited(None) => Some(self.died()),
+            _ => None,
+        }
+    }
+
+    fn died(&self) -> VmExit {
+        let pid = self.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+        let log = std::fs::read_to_string(self.dir.vmm_log()).unwrap_or_default();
+        let last = log.lines().rev().find(|l| !l.trim().is_empty());
+        let last = last.map(|l| format!(": {}", l.trim())).unwrap_or_default();
+        VmExit {
+            kind: proto::debug::VmExitKind::Error,
+            message: format!("the VM process{pid} died unexpectedly{last}"),
+            at_ms: now_ms(),
         }
     }
 

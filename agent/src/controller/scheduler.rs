@@ -1,4 +1,5 @@
-//! Cluster mode's scheduler: each new VMI goes to a node whose agent is
+//! The scheduler (`kvmlet controller`, and `kvmlet standalone` over its own
+//! node and any agents'): each new VMI goes to a node whose agent is
 //! alive (label `kubevirt.io/schedulable=true`, a fresh heartbeat), that
 //! matches its `nodeSelector`, and whose published capacity
 //! (`kvmlet.io/vcpus`, `kvmlet.io/memory`) still fits it after what the

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -186,6 +186,9 @@ pub async fn run(client: Client, config: SchedulerConfig) {
                 }
             }
         }
+        // The changes already waiting (a watch's initial list, a burst of
+        // creations) are all covered by the one pass that follows.
+        while let Some(Some(_)) = changes.next().now_or_never() {}
         if let Err(e) = pass(&client, &config).await {
             tracing::warn!(error = %e, "scheduling pass failed; retrying");
         }

@@ -126,8 +126,8 @@ mod tests {
     #[test]
     fn the_node_table() {
         let now = Instant::now();
-        let exited = Process::Exited(Some(VmExit { kind: VmExitKind::PowerOff, message: String::new(), at_ms: 0 }));
-        let crashed = Process::Exited(None);
+        let exited = Process::Exited(VmExit { kind: VmExitKind::PowerOff, message: String::new(), at_ms: 0 });
+        let crashed = Process::Exited(VmExit { kind: VmExitKind::Error, message: String::new(), at_ms: 0 });
         let (starting, running) = (Process::Starting, Process::Running);
         let finish = Step::Finish { killed_after_grace: None };
         let cases: &[(Phase, bool, Option<&Process>, Step)] = &[
@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn an_exit_after_the_grace_period_ran_out_says_so() {
         let started = Instant::now();
-        let gone = Process::Exited(None);
+        let gone = Process::Exited(VmExit { kind: VmExitKind::Killed, message: String::new(), at_ms: 0 });
         let killed = Shutdown { started, last_press: started, grace: Duration::from_secs(7), killed: true };
         let seen = Observed { shutdown: Some(&killed), ..seen(Running, true, Some(&gone), started) };
         assert_eq!(decide(&seen), Step::Finish { killed_after_grace: Some(Duration::from_secs(7)) });

@@ -162,7 +162,7 @@ async fn a_guest_that_powered_off_succeeds_and_its_vm_is_cleaned_up() {
     node.vmi("off", spec(), true, json!({"phase": "Running", "nodeName": NODE})).await;
     let vmi = node.get("off").await;
     let exit = VmExit { kind: VmExitKind::PowerOff, message: "the guest powered off".into(), at_ms: 1 };
-    let dir = node.attach(&vmi, Process::Exited(Some(exit)));
+    let dir = node.attach(&vmi, Process::Exited(exit));
     node.reconcile("off").await;
     let vmi = node.get("off").await;
     assert_eq!(phase(&vmi), Phase::Succeeded);
@@ -179,8 +179,10 @@ async fn a_vm_process_that_died_without_an_exit_record_fails_its_vmi() {
     let node = node();
     node.vmi("crashed", spec(), true, json!({"phase": "Running", "nodeName": NODE})).await;
     let vmi = node.get("crashed").await;
-    let dir = node.attach(&vmi, Process::Exited(None));
+    let dir = StateDir::new(&node.ctx.config.run_dir, &vmi.uid().unwrap()).unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
     std::fs::write(dir.vmm_log(), "starting\nKVM_RUN failed: bad address\n").unwrap();
+    node.attach(&vmi, Process::Exited(super::vms::died(&dir, Some(4242))));
     node.reconcile("crashed").await;
     let vmi = node.get("crashed").await;
     assert_eq!(phase(&vmi), Phase::Failed);

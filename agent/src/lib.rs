@@ -3,9 +3,12 @@
 
 pub mod apiserver;
 pub mod cli;
+pub mod clock;
 pub mod controller;
 pub mod debug_socket;
+pub mod finalizers;
 pub mod metrics;
 pub mod node;
+pub mod phase_transitions;
 pub mod vmi;
 pub mod vmprocess;

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kubevirt::VirtualMachineInstancePhase;
+
 /// A request on a VM process's control socket (one JSON object per line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase", deny_unknown_fields)]
@@ -35,17 +37,60 @@ pub enum VmProcessState {
     Exited,
 }
 
-/// How a guest's run ended, as a VM process reports it.
+/// How a guest's run ended: the one mapping from an exit to the process
+/// exit status (`kvmlet run`, `kvmlet vm-process`) and to the VMI's final
+/// phase and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VmExitKind {
     /// The guest powered off by itself (ACPI S5).
     PowerOff,
+    /// The guest asked to reboot. A VM process boots it again instead of
+    /// exiting; only `kvmlet run` ends with it.
+    Reboot,
     /// A vCPU triple-faulted.
     TripleFault,
-    /// Killed through the control socket.
+    /// Killed (control socket, a second Ctrl-C, the end of a grace period).
     Killed,
     /// The VM could not be built or the VMM hit an error.
     Error,
+}
+
+impl VmExitKind {
+    pub const ALL: [VmExitKind; 5] =
+        [VmExitKind::PowerOff, VmExitKind::Reboot, VmExitKind::TripleFault, VmExitKind::Killed, VmExitKind::Error];
+
+    /// The exit status of the process that ran the VM.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            VmExitKind::PowerOff => 0,
+            VmExitKind::Reboot => 3,
+            VmExitKind::TripleFault => 4,
+            VmExitKind::Error => 5,
+            VmExitKind::Killed => 130,
+        }
+    }
+
+    /// The VMI's final phase: only a guest that powered off succeeded.
+    pub fn vmi_phase(self) -> VirtualMachineInstancePhase {
+        match self {
+            VmExitKind::PowerOff => VirtualMachineInstancePhase::Succeeded,
+            _ => VirtualMachineInstancePhase::Failed,
+        }
+    }
+
+    /// The VMI's `status.reason` (and the Ready condition's); a kill is
+    /// `GracePeriodExpired` when the node killed the VM at the end of its
+    /// grace period.
+    pub fn vmi_reason(self, killed_after_grace: bool) -> &'static str {
+        match self {
+            VmExitKind::PowerOff => "GuestPoweredOff",
+            VmExitKind::Reboot => "GuestRebooted",
+            VmExitKind::TripleFault => "GuestCrashed",
+            VmExitKind::Killed if killed_after_grace => "GracePeriodExpired",
+            VmExitKind::Killed => "Killed",
+            VmExitKind::Error => "VMProcessFailed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,5 +171,18 @@ mod tests {
         assert_eq!(serde_json::to_string(&ControlRequest::PowerButton {}).unwrap(), r#"{"op":"powerButton"}"#);
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"reformat"}"#).is_err());
         assert!(serde_json::from_str::<ControlRequest>(r#"{"op":"kill","now":true}"#).is_err());
+    }
+
+    #[test]
+    fn each_exit_has_its_own_status_and_only_a_power_off_succeeds() {
+        let codes: Vec<u8> = VmExitKind::ALL.iter().map(|k| k.exit_code()).collect();
+        assert_eq!(codes, [0, 3, 4, 130, 5]);
+        for kind in VmExitKind::ALL {
+            assert_eq!(kind.vmi_phase() == VirtualMachineInstancePhase::Succeeded, kind == VmExitKind::PowerOff);
+            assert_eq!(kind.exit_code() == 0, kind == VmExitKind::PowerOff);
+        }
+        assert_eq!(VmExitKind::Killed.vmi_reason(true), "GracePeriodExpired");
+        assert_eq!(VmExitKind::Killed.vmi_reason(false), "Killed");
+        assert_eq!(VmExitKind::Error.vmi_reason(false), "VMProcessFailed");
     }
 }

@@ -134,6 +134,13 @@ async fn restarting_the_agent_keeps_vms_running_and_reattaches() {
     let entry = ps_entry(&server, "survivor").expect("the new agent lists the VM");
     assert_eq!(entry["pid"].as_i64(), Some(pid), "same VM process");
     assert!(pid_alive(pid as i32));
+    // kvmlet ps shows the VMI's phase once the new agent has looked at it,
+    // not only after the VMI's next phase change.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ps_entry(&server, "survivor").unwrap()["phase"] != "Running" {
+        assert!(std::time::Instant::now() < deadline, "ps: {:?}", ps_entry(&server, "survivor"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The VM still answers through the new agent, and its VMI never left Running.
     let (ok, console) = node_socket(&server, &[], "/v1/namespaces/default/vms/survivor/console");
     assert!(ok && console.contains("probe: waiting for power button"), "{console}");
@@ -303,4 +310,37 @@ async fn wait_for_phase_after_create(
     let name = vmi.metadata.name.clone().unwrap();
     create(vmis, &vmi).await;
     wait_for_phase(vmis, server, &name, Phase::Running).await
+}
+
+#[tokio::test]
+async fn a_second_agent_on_a_busy_run_dir_exits_at_once_and_the_first_ones_vms_keep_running() {
+    let server = Standalone::with_node(&[]);
+    let client = server.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    create(&vmis, &probe_vmi("first", "probe.action=wait", 0)).await;
+    wait_for_phase(&vmis, &server, "first", Phase::Running).await;
+    let pid = ps_entry(&server, "first").unwrap()["pid"].as_i64().unwrap();
+
+    let other_data = tempfile::tempdir().unwrap();
+    let mut second = std::process::Command::new(e2e::kvmlet_bin());
+    second
+        .args(["standalone", "--listen", "127.0.0.1:0", "--node-name", "second-node"])
+        .arg("--data-dir")
+        .arg(other_data.path())
+        .arg("--run-dir")
+        .arg(server.run_dir())
+        .arg("--default-kernel")
+        .arg(&e2e::probe().bzimage);
+    let (out, finished) = e2e::run_within(&mut second, None, Duration::from_secs(30));
+    assert!(finished, "the second server must exit by itself");
+    assert!(!out.status.success(), "the second server exits non-zero");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let real = std::fs::canonicalize(server.run_dir()).unwrap();
+    assert!(stderr.contains(&format!("{} is in use by pid {}", real.display(), server.pid())), "{stderr}");
+    assert!(!other_data.path().join("kubeconfig").exists(), "the second server never served its API");
+
+    assert!(pid_alive(pid as i32), "the first server's VM process lives on");
+    assert_eq!(ps_entry(&server, "first").unwrap()["pid"].as_i64(), Some(pid));
+    assert_eq!(phase(&vmis.get("first").await.unwrap()), Some(Phase::Running));
+    assert!(server.run_dir().join("kvmlet.sock").exists(), "the first server's debugging socket stays");
 }

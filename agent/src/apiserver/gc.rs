@@ -55,8 +55,7 @@ fn delete(store: &Store, key: &ObjectKey, object: &Value) {
             return;
         }
         let mut marked = object.clone();
-        marked["metadata"]["deletionTimestamp"] =
-            json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        marked["metadata"]["deletionTimestamp"] = json!(crate::clock::now_rfc3339());
         store.update(key, marked, None).map(|_| ())
     } else {
         store.delete(key, None).map(|_| ())

@@ -59,7 +59,7 @@ pub fn open_store(data_dir: &Path) -> Result<Shared, StoreError> {
                 "metadata": {
                     "name": name,
                     "uid": uuid::Uuid::new_v4().to_string(),
-                    "creationTimestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "creationTimestamp": crate::clock::now_rfc3339(),
                 },
                 "status": {"phase": "Active"},
             });

@@ -94,8 +94,8 @@ fn segments(path: &str) -> Vec<&str> {
 
 /// "5s", "3m20s", "2h", "4d": the way kubectl shows ages.
 pub fn age(timestamp: &str) -> String {
-    let Ok(time) = chrono::DateTime::parse_from_rfc3339(timestamp) else { return "<unknown>".into() };
-    let seconds = (chrono::Utc::now() - time.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    let Ok(time) = timestamp.parse::<k8s_openapi::jiff::Timestamp>() else { return "<unknown>".into() };
+    let seconds = k8s_openapi::jiff::Timestamp::now().duration_since(time).as_secs().max(0);
     match seconds {
         s if s < 120 => format!("{s}s"),
         s if s < 600 => format!("{}m{}s", s / 60, s % 60),
@@ -171,7 +171,7 @@ mod tests {
     #[test]
     fn vm_table_has_kubevirt_columns() {
         let vm = Resource::find("kubevirt.io", "v1", "virtualmachines").unwrap();
-        let object = json!({"metadata": {"name": "a", "creationTimestamp": chrono::Utc::now().to_rfc3339()},
+        let object = json!({"metadata": {"name": "a", "creationTimestamp": crate::clock::now_rfc3339()},
             "status": {"printableStatus": "Stopped"}});
         let table = table(vm, &[object], 7);
         let names: Vec<&str> =
@@ -184,7 +184,7 @@ mod tests {
     fn events_print_like_kubectl_get_events() {
         let events = Resource::find("", "v1", "events").unwrap();
         let recorded = json!({"metadata": {"name": "vm-cirros.1"}, "type": "Normal", "reason": "SuccessfulCreate",
-            "message": "Created the VMI", "eventTime": chrono::Utc::now().to_rfc3339(),
+            "message": "Created the VMI", "eventTime": crate::clock::now_rfc3339(),
             "involvedObject": {"kind": "VirtualMachine", "name": "vm-cirros"}});
         let table = table(events, &[recorded], 3);
         let names: Vec<&str> =

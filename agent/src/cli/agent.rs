@@ -31,8 +31,7 @@ pub fn main(args: AgentArgs) -> anyhow::Result<()> {
         let _health = super::health::serve_optional(args.health_listen, ready.clone()).await?;
         let client = super::kube_client(args.kubeconfig.as_deref()).await?;
         let _readiness = crate::controller::AbortOnDrop(super::health::ready_when_api_answers(client.clone(), ready));
-        let node =
-            NodeLoop::new(client, config.clone()).with_context(|| format!("--run-dir {}", config.run_dir.display()))?;
+        let node = NodeLoop::new(client, config.clone())?;
         let socket = config.run_dir.join(debug_socket::SOCKET_NAME);
         let listener = debug_socket::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
         let server = debug_socket::server::spawn(listener, node.vms());

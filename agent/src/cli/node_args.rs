@@ -49,12 +49,25 @@ pub struct NodeArgs {
     /// under one; DiskOrCreate creates only the file). Repeatable; required with HostDisk.
     #[arg(long = "host-disk-root", value_name = "DIR")]
     pub host_disk_roots: Vec<PathBuf>,
+    /// Memory offered to VMs (kvmlet.io/memory), a quantity such as 24Gi or
+    /// 512Mi. Default: the host's memory (never overcommitted).
+    #[arg(long, value_name = "QUANTITY", env = "KVMLET_MEMORY_CAPACITY", value_parser = parse_memory_capacity)]
+    pub memory_capacity: Option<u64>,
 }
 
 fn parse_gate(gate: &str) -> Result<String, String> {
     match KNOWN_GATES.iter().find(|known| **known == gate) {
         Some(known) => Ok(known.to_string()),
         None => Err(format!("unknown feature gate {gate:?} (known: {})", KNOWN_GATES.join(", "))),
+    }
+}
+
+/// MiB in a memory quantity; at least 1 MiB.
+fn parse_memory_capacity(quantity: &str) -> Result<u64, String> {
+    match crate::vmi::quantity::capacity_mib(quantity) {
+        Ok(0) => Err("must be at least 1Mi".into()),
+        Ok(mib) => Ok(mib),
+        Err(e) => Err(format!("{e} (e.g. 24Gi, 512Mi)")),
     }
 }
 
@@ -82,6 +95,7 @@ impl NodeArgs {
             exe: std::env::current_exe()?,
             heartbeat_interval: Duration::from_secs(self.heartbeat_interval),
             cpu_allocation_ratio: self.cpu_allocation_ratio,
+            memory_capacity_mib: self.memory_capacity,
         })
     }
 }

@@ -64,15 +64,30 @@ fn spawn_signal_thread(signals: SigSet, vm: VmHandle) {
 }
 
 fn report(reason: &ExitReason) -> ExitCode {
-    let code = match reason {
-        ExitReason::PowerOff => 0,
-        ExitReason::Reboot => 3,
-        ExitReason::TripleFault => 4,
-        ExitReason::Error(_) => 5,
-        ExitReason::Killed => 130,
-    };
+    let code = crate::vmprocess::server::exit_kind(reason).exit_code();
     if code != 0 {
         eprintln!("kvmlet run: {reason}");
     }
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use proto::debug::VmExitKind;
+
+    #[test]
+    fn the_help_lists_the_exit_statuses_the_command_returns() {
+        let help = crate::cli::Cli::command().find_subcommand_mut("run").unwrap().render_long_help().to_string();
+        for (kind, words) in [
+            (VmExitKind::PowerOff, "the guest powered off"),
+            (VmExitKind::Reboot, "the guest asked to reboot"),
+            (VmExitKind::TripleFault, "a vCPU triple-faulted"),
+            (VmExitKind::Error, "the VMM stopped on an error"),
+            (VmExitKind::Killed, "killed by a second Ctrl-C"),
+        ] {
+            let line = format!("{:<5}{words}", kind.exit_code());
+            assert!(help.contains(&line), "{line:?} missing from:\n{help}");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use crate::apiserver::embedded::EmbeddedApi;
 use crate::apiserver::{server, tls};
 use crate::controller;
 use crate::debug_socket;
-use crate::node::{assign, NodeLoop};
+use crate::node::NodeLoop;
 
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
@@ -26,10 +26,10 @@ pub struct StandaloneArgs {
     /// Serve the API only: no node loop runs VMs here (agents elsewhere may).
     #[arg(long)]
     pub no_node: bool,
-    /// Do not run the VM controller here (`kvmlet controller` replicas run it).
+    /// Do not run the VM controller and scheduler here (`kvmlet controller` replicas run them).
     #[arg(long, conflicts_with = "controller")]
     pub no_controller: bool,
-    /// Run the VM controller even with --no-node (by default it runs with the node loop).
+    /// Run the VM controller and scheduler even with --no-node (by default they run with the node loop).
     #[arg(long)]
     pub controller: bool,
     /// Serve /healthz, /readyz and /metrics on this address.
@@ -51,20 +51,28 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
         let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _health = super::health::serve_optional(args.health_listen, ready.clone()).await?;
         let api = EmbeddedApi::open(&args.data_dir)?;
+        // First, so a second server on a busy run directory stops before it starts anything.
+        let node =
+            node_config.map(|config| NodeLoop::new(api.client(), config.clone()).map(|n| (n, config))).transpose()?;
         // The loops next to the API use an in-process kube::Client through
         // the same handlers kubectl reaches.
         // The controller runs by default when VMs run here too; an API-only
         // server (--no-node) is a cluster's API, whose controller may run elsewhere.
         if !args.no_controller && (args.controller || !args.no_node) {
             tokio::spawn(controller::run_forever(api.client(), args.controller_args.config()));
+            // With it, the cluster's scheduler (as `kvmlet controller` runs it):
+            // VMIs go to this node, or to agents' nodes, by the same capacity accounting.
+            // This node's heartbeat, however slow it was set, never counts as stale.
+            let mut scheduling = controller::scheduler::SchedulerConfig::default();
+            if let Some((_, config)) = &node {
+                scheduling.heartbeat_threshold = scheduling.heartbeat_threshold.max(config.heartbeat_interval * 5);
+            }
+            tokio::spawn(controller::scheduler::run(api.client(), scheduling));
         }
-        if let Some(config) = node_config {
-            let node = NodeLoop::new(api.client(), config.clone())
-                .with_context(|| format!("--run-dir {}", config.run_dir.display()))?;
+        if let Some((node, config)) = node {
             let socket = config.run_dir.join(debug_socket::SOCKET_NAME);
             let listener = debug_socket::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
             debug_socket::server::spawn(listener, node.vms());
-            tokio::spawn(assign::run(api.client(), config.node_name.clone()));
             tokio::spawn(node.run(std::future::pending()));
             tracing::info!(node = %config.node_name, socket = %socket.display(), "node loop started");
         }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use proto::debug::VmExitKind;
 
 use crate::vmprocess::server;
 use crate::vmprocess::StateDir;
@@ -18,10 +17,5 @@ pub struct VmProcessArgs {
 
 pub fn main(args: VmProcessArgs) -> anyhow::Result<ExitCode> {
     let exit = server::run(&StateDir::open(args.state_dir))?;
-    Ok(match exit.kind {
-        VmExitKind::PowerOff => ExitCode::SUCCESS,
-        VmExitKind::TripleFault => ExitCode::from(4),
-        VmExitKind::Error => ExitCode::from(5),
-        VmExitKind::Killed => ExitCode::from(130),
-    })
+    Ok(ExitCode::from(exit.kind.exit_code()))
 }

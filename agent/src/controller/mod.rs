@@ -11,7 +11,7 @@
 //! - `reconcile`: one VM's sync, in that order.
 //! - `orphans`: the controller's finalizer taken off VMIs no VM owns.
 //! - `leader`: Lease-based leader election for `kvmlet controller`.
-//! - `scheduler`: cluster mode's VMI-to-node assignment; `unresponsive`: failing
+//! - `scheduler`: VMI-to-node assignment by capacity (cluster and standalone); `unresponsive`: failing
 //!   the VMIs of nodes that stopped heartbeating.
 
 pub mod backoff;

@@ -7,12 +7,13 @@
 //! until its VM process is gone.
 
 use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use proto::kubevirt::{VirtualMachine, VirtualMachineInstance};
 use proto::labels::VM_CONTROLLER_FINALIZER;
-use serde_json::json;
+
+use crate::finalizers;
 
 /// Whether a live VM controls `vmi` (its controller reference names a VM of that UID).
 async fn has_live_owner(client: &Client, vmi: &VirtualMachineInstance) -> kube::Result<bool> {
@@ -25,21 +26,14 @@ async fn has_live_owner(client: &Client, vmi: &VirtualMachineInstance) -> kube::
 }
 
 async fn release(client: &Client, vmi: &VirtualMachineInstance) -> kube::Result<()> {
-    let list = vmi.finalizers();
-    if vmi.metadata.deletion_timestamp.is_none() || !list.iter().any(|f| f == VM_CONTROLLER_FINALIZER) {
+    if vmi.metadata.deletion_timestamp.is_none() || !finalizers::has(vmi, VM_CONTROLLER_FINALIZER) {
         return Ok(());
     }
     if has_live_owner(client, vmi).await? {
         return Ok(());
     }
-    let rest: Vec<&String> = list.iter().filter(|f| *f != VM_CONTROLLER_FINALIZER).collect();
-    let patch = json!([
-        {"op": "test", "path": "/metadata/finalizers", "value": list},
-        {"op": "replace", "path": "/metadata/finalizers", "value": rest},
-    ]);
-    let patch: json_patch::Patch = serde_json::from_value(patch).expect("a well-formed JSON patch");
     let api: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &vmi.namespace().unwrap_or_default());
-    api.patch(&vmi.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
+    finalizers::remove(&api, vmi, VM_CONTROLLER_FINALIZER).await?;
     tracing::info!(namespace = ?vmi.namespace(), name = %vmi.name_any(), uid = ?vmi.uid(), "released a VMI no VM owns");
     Ok(())
 }

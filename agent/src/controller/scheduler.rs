@@ -1,4 +1,5 @@
-//! Cluster mode's scheduler: each new VMI goes to a node whose agent is
+//! The scheduler (`kvmlet controller`, and `kvmlet standalone` over its own
+//! node and any agents'): each new VMI goes to a node whose agent is
 //! alive (label `kubevirt.io/schedulable=true`, a fresh heartbeat), that
 //! matches its `nodeSelector`, and whose published capacity
 //! (`kvmlet.io/vcpus`, `kvmlet.io/memory`) still fits it after what the
@@ -12,8 +13,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
@@ -37,25 +39,9 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// Mebibytes in a Kubernetes memory quantity ("64Mi", "1Gi", "512M", bytes).
-pub fn quantity_mib(quantity: &str) -> Option<u64> {
-    let q = quantity.trim();
-    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let number: u128 = number.parse().ok()?;
-    let multiplier: u128 = match suffix {
-        "" => 1,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return None,
-    };
-    u64::try_from((number * multiplier).div_ceil(1 << 20)).ok()
+/// Mebibytes a node offers: its published memory quantity, rounded down.
+fn quantity_mib(quantity: &str) -> Option<u64> {
+    crate::vmi::quantity::capacity_mib(quantity).ok()
 }
 
 /// What the VMI asks for (`vmi::resources`, the rule the node runs it
@@ -72,10 +58,9 @@ fn status(vmi: &VirtualMachineInstance) -> (Option<&str>, VirtualMachineInstance
 
 /// Whether the node's agent heartbeated within `threshold` (a node that
 /// never did is not alive).
-pub fn heartbeat_fresh(node: &Node, threshold: Duration, now: chrono::DateTime<chrono::Utc>) -> bool {
-    let heartbeat =
-        node.annotations().get(HEARTBEAT_ANNOTATION).and_then(|h| chrono::DateTime::parse_from_rfc3339(h).ok());
-    heartbeat.is_some_and(|h| (now - h.with_timezone(&chrono::Utc)).to_std().unwrap_or_default() <= threshold)
+pub fn heartbeat_fresh(node: &Node, threshold: Duration, now: Timestamp) -> bool {
+    let heartbeat = node.annotations().get(HEARTBEAT_ANNOTATION).and_then(|h| h.parse::<Timestamp>().ok());
+    heartbeat.is_some_and(|h| Duration::try_from(now.duration_since(h)).unwrap_or_default() <= threshold)
 }
 
 /// Why a node cannot take a VMI, or None if it can.
@@ -84,7 +69,7 @@ fn unfit(
     vmi: &VirtualMachineInstance,
     used: Request,
     threshold: Duration,
-    now: chrono::DateTime<chrono::Utc>,
+    now: Timestamp,
 ) -> Option<&'static str> {
     if node.labels().get(SCHEDULABLE_LABEL).map(String::as_str) != Some("true") {
         return Some("were not schedulable");
@@ -116,7 +101,7 @@ pub fn choose(
     vmi: &VirtualMachineInstance,
     used: &BTreeMap<String, Request>,
     threshold: Duration,
-    now: chrono::DateTime<chrono::Utc>,
+    now: Timestamp,
 ) -> Result<String, String> {
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     let mut best: Option<(u64, String)> = None;
@@ -158,8 +143,10 @@ pub async fn run(client: Client, config: SchedulerConfig) {
                 None => return,
                 Some(Err(e)) => { tracing::warn!(error = %e, "VMI watch failed; retrying"); continue; }
                 Some(Ok(vmi)) => {
+                    // A placed VMI that runs on changes nothing; a pending one
+                    // needs a place, and one that ends or goes frees room.
                     let (node, phase) = status(&vmi);
-                    if node.is_some() || phase.is_final() || vmi.metadata.deletion_timestamp.is_some() {
+                    if node.is_some() && !phase.is_final() && vmi.metadata.deletion_timestamp.is_none() {
                         continue;
                     }
                 }
@@ -170,6 +157,9 @@ pub async fn run(client: Client, config: SchedulerConfig) {
                 }
             }
         }
+        // The changes already waiting (a watch's initial list, a burst of
+        // creations) are all covered by the one pass that follows.
+        while let Some(Some(_)) = changes.next().now_or_never() {}
         if let Err(e) = pass(&client, &config).await {
             tracing::warn!(error = %e, "scheduling pass failed; retrying");
         }
@@ -202,7 +192,7 @@ async fn pass(client: &Client, config: &SchedulerConfig) -> kube::Result<()> {
             }
         }
     }
-    let now = chrono::Utc::now();
+    let now = Timestamp::now();
     for vmi in pending {
         let span = tracing::info_span!("vmi", namespace = %vmi.namespace().unwrap_or_default(), name = %vmi.name_any(), uid = %vmi.uid().unwrap_or_default());
         // Instrumented, never entered across an await.
@@ -262,13 +252,7 @@ async fn assign(client: &Client, vmi: &VirtualMachineInstance, node: &str) -> ku
     let mut conditions: Vec<Condition> =
         status.conditions.iter().filter(|c| c.type_ != "PodScheduled").cloned().collect();
     conditions.push(pod_scheduled("True", None, None));
-    let mut transitions = status.phase_transition_timestamps.clone();
-    transitions.push(proto::kubevirt::PhaseTransitionTimestamp {
-        phase: VirtualMachineInstancePhase::Scheduled,
-        phase_transition_timestamp: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::now(),
-        ),
-    });
+    let transitions = crate::phase_transitions::moving_to(&status, VirtualMachineInstancePhase::Scheduled);
     let new_status = proto::kubevirt::VirtualMachineInstanceStatus {
         node_name: Some(node.to_string()),
         phase: Some(VirtualMachineInstancePhase::Scheduled),
@@ -309,7 +293,7 @@ mod tests {
     use super::*;
 
     fn node(name: &str, labels: &[(&str, &str)], vcpus: &str, memory: &str, heartbeat_age_s: i64) -> Node {
-        let heartbeat = (chrono::Utc::now() - chrono::Duration::seconds(heartbeat_age_s)).to_rfc3339();
+        let heartbeat = (Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(heartbeat_age_s)).to_string();
         let mut all: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         all.insert(SCHEDULABLE_LABEL.into(), "true".into());
         serde_json::from_value(json!({
@@ -332,7 +316,8 @@ mod tests {
     fn quantities_and_requests() {
         assert_eq!(quantity_mib("64Mi"), Some(64));
         assert_eq!(quantity_mib("1Gi"), Some(1024));
-        assert_eq!(quantity_mib("64M"), Some(62));
+        assert_eq!(quantity_mib("64M"), Some(61));
+        assert_eq!(quantity_mib("1.5Gi"), Some(1536));
         assert_eq!(quantity_mib("lots"), None);
         assert_eq!(request(&vmi("128Mi", 2, None)), Request { vcpus: 2, memory_mib: 128 });
         assert_eq!(request(&vmi("1.5Gi", 2, None)), Request { vcpus: 2, memory_mib: 1536 });
@@ -354,7 +339,7 @@ mod tests {
     #[test]
     fn picks_a_live_fitting_matching_node_with_the_most_free_memory() {
         let t = Duration::from_secs(300);
-        let now = chrono::Utc::now();
+        let now = Timestamp::now();
         let nodes = vec![
             node("small", &[], "4", "100Mi", 0),
             node("big", &[], "4", "1Gi", 0),

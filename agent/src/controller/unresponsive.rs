@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use proto::kubevirt::{Condition, PhaseTransitionTimestamp, VirtualMachineInstance, VirtualMachineInstancePhase};
+use proto::kubevirt::{Condition, VirtualMachineInstance, VirtualMachineInstancePhase};
 use proto::labels::VMI_FOREGROUND_FINALIZER;
 use serde_json::json;
 use tracing::Instrument;
@@ -29,7 +29,7 @@ pub async fn sweep(client: &Client, threshold: Duration) -> kube::Result<()> {
         return Ok(());
     }
     let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
-    let now = chrono::Utc::now();
+    let now = k8s_openapi::jiff::Timestamp::now();
     for vmi in placed {
         let status = vmi.status.clone().unwrap_or_default();
         let node_name = status.node_name.clone().unwrap_or_default();
@@ -67,11 +67,7 @@ async fn fail_or_release(
             last_probe_time: None,
             last_transition_time: Some(Time(k8s_openapi::jiff::Timestamp::now())),
         });
-        let mut transitions = status.phase_transition_timestamps.clone();
-        transitions.push(PhaseTransitionTimestamp {
-            phase: VirtualMachineInstancePhase::Failed,
-            phase_transition_timestamp: Time(k8s_openapi::jiff::Timestamp::now()),
-        });
+        let transitions = crate::phase_transitions::moving_to(&status, VirtualMachineInstancePhase::Failed);
         // Tested against what was read: an agent that came back and
         // wrote meanwhile wins.
         let patch = json!([
@@ -83,18 +79,11 @@ async fn fail_or_release(
         ]);
         let patch: json_patch::Patch = serde_json::from_value(patch).expect("a well-formed JSON patch");
         api.patch_status(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
-    } else if vmi.metadata.deletion_timestamp.is_some() && status.reason.as_deref() == Some(REASON) {
-        let list = vmi.finalizers();
-        if list.iter().any(|f| f == VMI_FOREGROUND_FINALIZER) {
-            tracing::info!("removing the finalizer of the unresponsive node");
-            let rest: Vec<&String> = list.iter().filter(|f| *f != VMI_FOREGROUND_FINALIZER).collect();
-            let patch = json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": list},
-                {"op": "replace", "path": "/metadata/finalizers", "value": rest},
-            ]);
-            let patch: json_patch::Patch = serde_json::from_value(patch).expect("a well-formed JSON patch");
-            api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
-        }
+    } else if vmi.metadata.deletion_timestamp.is_some()
+        && status.reason.as_deref() == Some(REASON)
+        && crate::finalizers::remove(&api, vmi, VMI_FOREGROUND_FINALIZER).await?.is_some()
+    {
+        tracing::info!("removed the finalizer of the unresponsive node");
     }
     Ok(())
 }

@@ -13,6 +13,8 @@ use proto::kubevirt::{
 use proto::labels::{VM_CONTROLLER_FINALIZER, VM_GENERATION_ANNOTATION};
 use serde_json::{json, Value};
 
+use crate::finalizers;
+
 pub struct Writer {
     pub client: Client,
     pub recorder: Recorder,
@@ -54,25 +56,6 @@ fn json_patch(patch: Value) -> Patch<()> {
     Patch::Json(serde_json::from_value(patch).expect("a well-formed JSON patch"))
 }
 
-/// Ops that add `finalizer` to `list` (tested, so a concurrent change conflicts).
-fn add_finalizer_ops(list: &Option<Vec<String>>, finalizer: &str) -> Value {
-    match list {
-        Some(list) => json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": list},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer},
-        ]),
-        None => json!([{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]),
-    }
-}
-
-fn remove_finalizer_ops(list: &[String], finalizer: &str) -> Value {
-    let rest: Vec<&String> = list.iter().filter(|f| *f != finalizer).collect();
-    json!([
-        {"op": "test", "path": "/metadata/finalizers", "value": list},
-        {"op": "replace", "path": "/metadata/finalizers", "value": rest},
-    ])
-}
-
 impl Writer {
     fn vms(&self, vm: &VirtualMachine) -> Api<VirtualMachine> {
         Api::namespaced(self.client.clone(), &vm.namespace().unwrap_or_default())
@@ -83,24 +66,15 @@ impl Writer {
     }
 
     pub async fn add_vm_finalizer(&self, vm: &VirtualMachine) -> kube::Result<()> {
-        let patch = add_finalizer_ops(&vm.metadata.finalizers, VM_CONTROLLER_FINALIZER);
-        self.vms(vm).patch(&vm.name_any(), &PatchParams::default(), &json_patch(patch)).await.map(|_| ())
+        finalizers::add(&self.vms(vm), vm, VM_CONTROLLER_FINALIZER).await.map(|_| ())
     }
 
     pub async fn remove_vm_finalizer(&self, vm: &VirtualMachine) -> kube::Result<()> {
-        if !vm.finalizers().iter().any(|f| f == VM_CONTROLLER_FINALIZER) {
-            return Ok(());
-        }
-        let patch = remove_finalizer_ops(vm.finalizers(), VM_CONTROLLER_FINALIZER);
-        self.vms(vm).patch(&vm.name_any(), &PatchParams::default(), &json_patch(patch)).await.map(|_| ())
+        finalizers::remove(&self.vms(vm), vm, VM_CONTROLLER_FINALIZER).await.map(|_| ())
     }
 
     pub async fn remove_vmi_finalizer(&self, vm: &VirtualMachine, vmi: &VirtualMachineInstance) -> kube::Result<()> {
-        if !vmi.finalizers().iter().any(|f| f == VM_CONTROLLER_FINALIZER) {
-            return Ok(());
-        }
-        let patch = remove_finalizer_ops(vmi.finalizers(), VM_CONTROLLER_FINALIZER);
-        match self.vmis(vm).patch(&vmi.name_any(), &PatchParams::default(), &json_patch(patch)).await {
+        match finalizers::remove(&self.vmis(vm), vmi, VM_CONTROLLER_FINALIZER).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(e),

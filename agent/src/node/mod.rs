@@ -2,20 +2,24 @@
 //! node as VM processes and reports their phase.
 //!
 //! - `registration`: the Node object, heartbeat and capacity.
-//! - `assign`: standalone mode's one-node scheduler.
 //! - `translate` (+ `disks`): VMI spec → `VmConfig` and disk files (the spec's rules: `crate::vmi`).
 //! - `vms`: the table of VM processes, watched over their control sockets.
-//! - `reconcile`: one VMI and its VM process brought in line.
+//! - `decision`: what to do next for a VMI (pure, table-tested).
+//! - `reconcile`: carries the decision out for one VMI and its VM process.
+//! - `run_dir`: one agent per run directory.
 //! - `report`: status, finalizer and events written back.
 //!
 //! Every log line about a VM carries `namespace`, `vmi` (its name; `name` is
 //! taken by the span's own name in JSON logs) and `uid`.
 
-pub mod assign;
+pub mod decision;
 mod disks;
 pub mod reconcile;
+#[cfg(test)]
+mod reconcile_tests;
 pub mod registration;
 pub mod report;
+pub mod run_dir;
 pub mod translate;
 pub mod vms;
 
@@ -41,9 +45,10 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::Instrument;
 
 pub use translate::NodeDefaults;
-use vms::{Process, VmTable};
+use vms::{Process, VmEntry, VmTable};
 
 use crate::vmprocess::client;
+use crate::vmprocess::state_dir::StateDir;
 
 /// How often VM processes are checked against the VMIs that exist.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -62,6 +67,8 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     /// vCPUs offered per host CPU.
     pub cpu_allocation_ratio: u64,
+    /// Memory offered to VMs instead of the host's (`--memory-capacity`).
+    pub memory_capacity_mib: Option<u64>,
 }
 
 /// What every reconcile shares.
@@ -87,6 +94,28 @@ impl NodeContext {
         }
         Ok(secrets)
     }
+
+    /// Removes the state directory (and cgroup) of a VM whose process is
+    /// gone, once; the entry stays, marked cleaned, for `kvmlet ps`.
+    fn clean_up(&self, entry: &VmEntry) {
+        if entry.cleaned {
+            return;
+        }
+        if let Err(e) = entry.dir.remove() {
+            tracing::warn!(error = %e, "cannot remove the VM's state directory");
+        }
+        if let Some(parent) = &self.config.cgroup_parent {
+            crate::vmprocess::cgroup::remove(parent, &entry.dir);
+        }
+        self.vms.update(&entry.identity.uid, |e| e.cleaned = true);
+    }
+
+    /// A control request whose failure only matters through the next status.
+    async fn request(&self, dir: &StateDir, request: ControlRequest) {
+        if let Err(e) = client::request(dir, &request).await {
+            tracing::debug!(?request, error = %e, "control request failed");
+        }
+    }
 }
 
 /// The node loop, ready to run: VM processes from an earlier agent are
@@ -94,18 +123,25 @@ impl NodeContext {
 pub struct NodeLoop {
     ctx: Arc<NodeContext>,
     pokes: mpsc::UnboundedReceiver<ObjectRef<VirtualMachineInstance>>,
+    /// Held until the loop ends (or the process does).
+    _run_dir: run_dir::RunDirLock,
 }
 
 impl NodeLoop {
-    pub fn new(client: Client, config: NodeConfig) -> std::io::Result<NodeLoop> {
-        std::fs::create_dir_all(crate::vmprocess::state_dir::vms_dir(&config.run_dir))?;
-        std::fs::set_permissions(&config.run_dir, std::fs::Permissions::from_mode(0o700))?;
+    /// Fails when another agent holds the run directory (before anything
+    /// in it is touched beyond creating it).
+    pub fn new(client: Client, config: NodeConfig) -> Result<NodeLoop, run_dir::RunDirError> {
+        let prepare = |source| run_dir::RunDirError::Io { path: config.run_dir.clone(), source };
+        std::fs::create_dir_all(&config.run_dir).map_err(prepare)?;
+        let lock = run_dir::RunDirLock::take(&config.run_dir)?;
+        std::fs::create_dir_all(crate::vmprocess::state_dir::vms_dir(&config.run_dir)).map_err(prepare)?;
+        std::fs::set_permissions(&config.run_dir, std::fs::Permissions::from_mode(0o700)).map_err(prepare)?;
         let (poke, pokes) = mpsc::unbounded_channel();
         let vms = VmTable::new(poke);
         vms.attach_all(&config.run_dir);
         crate::metrics::global().add_collector(crate::metrics::vm::collector(vms.clone(), config.node_name.clone()));
         let reporter = report::VmiReporter::new(client.clone(), &config.node_name);
-        Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter }), pokes })
+        Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter }), pokes, _run_dir: lock })
     }
 
     /// The VM table, for the debugging socket.
@@ -116,6 +152,7 @@ impl NodeLoop {
     /// Runs until `shutdown` resolves; then marks the node unschedulable.
     /// VM processes keep running: the next agent re-attaches to them.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+        let _run_dir = self._run_dir;
         let ctx = self.ctx;
         let node = ctx.config.node_name.clone();
         register_until_done(&ctx).await;
@@ -148,7 +185,10 @@ impl NodeLoop {
 }
 
 async fn register_until_done(ctx: &NodeContext) {
-    let capacity = registration::Capacity::of_this_host(ctx.config.cpu_allocation_ratio);
+    let mut capacity = registration::Capacity::of_this_host(ctx.config.cpu_allocation_ratio);
+    if let Some(memory_mib) = ctx.config.memory_capacity_mib {
+        capacity.memory_mib = memory_mib;
+    }
     let mut delay = Duration::from_millis(100);
     loop {
         match registration::register(&ctx.client, &ctx.config.node_name, capacity).await {
@@ -199,23 +239,15 @@ async fn sweep_orphans(ctx: Arc<NodeContext>, store: Store<VirtualMachineInstanc
                 tracing::info_span!("vmi", namespace = %identity.namespace, vmi = %identity.name, uid = %identity.uid);
             // Instrumented, not entered: an entered span must not be held across an await.
             async {
-                match entry.process {
-                    Process::Exited(_) => {
-                        if !entry.cleaned {
-                            tracing::info!("cleaning up the VM of a VMI that no longer exists");
-                            let _ = entry.dir.remove();
-                            if let Some(parent) = &ctx.config.cgroup_parent {
-                                crate::vmprocess::cgroup::remove(parent, &entry.dir);
-                            }
-                        }
-                        ctx.vms.remove(&identity.uid);
+                if let Process::Exited(_) = entry.process {
+                    if !entry.cleaned {
+                        tracing::info!("cleaning up the VM of a VMI that no longer exists");
                     }
-                    _ => {
-                        tracing::info!("stopping the VM of a VMI that no longer exists");
-                        if let Err(e) = client::request(&entry.dir, &ControlRequest::Kill {}).await {
-                            tracing::debug!(error = %e, "kill failed");
-                        }
-                    }
+                    ctx.clean_up(&entry);
+                    ctx.vms.remove(&identity.uid);
+                } else {
+                    tracing::info!("stopping the VM of a VMI that no longer exists");
+                    ctx.request(&entry.dir, ControlRequest::Kill {}).await;
                 }
             }
             .instrument(span)
@@ -223,5 +255,3 @@ async fn sweep_orphans(ctx: Arc<NodeContext>, store: Store<VirtualMachineInstanc
         }
     }
 }
-
-use vms::VmEntry;

@@ -1,14 +1,6 @@
 //! The node loop's reconcile: one VMI assigned to this node, and its VM
-//! process, brought in line.
-//!
-//! | VMI | VM process | action |
-//! |---|---|---|
-//! | being deleted | alive | power button every 5 s; kill at the end of the grace period |
-//! | being deleted | gone / none | final phase, clean up, drop the finalizer |
-//! | not final | none | finalizer, translate, start (or `Failed` naming the field) |
-//! | not final | running | `Running`, Ready |
-//! | not final | exited | `Succeeded` (powered off) or `Failed` (with why), clean up |
-//! | final | any exited | clean up, drop the finalizer |
+//! process, brought in line. `decision::decide` says what to do (its table
+//! is there); this module carries the step out against the API and the VM.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,18 +13,15 @@ use proto::kubevirt::{VirtualMachineInstance, VirtualMachineInstancePhase as Pha
 use proto::labels::DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS;
 use tracing::Instrument;
 
+use super::decision::{self, Observed, Step, AFTER_KILL, POWER_BUTTON_REPEAT};
 use super::report::PhaseChange;
-use super::vms::{Process, Shutdown, VmEntry};
+use super::vms::{Shutdown, VmEntry};
 use super::{disks, translate, NodeContext};
-use crate::vmprocess::client;
 use crate::vmprocess::state_dir::{StateDir, VmIdentity, VmRecord};
-
-/// How often the power button is pressed again while a guest shuts down.
-const POWER_BUTTON_REPEAT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("API: {0}")]
+    #[error("API")]
     Api(#[from] kube::Error),
     #[error("VMI without {0}")]
     Incomplete(&'static str),
@@ -41,6 +30,7 @@ pub enum NodeError {
 pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<NodeContext>) -> Result<Action, NodeError> {
     let uid = vmi.metadata.uid.clone().ok_or(NodeError::Incomplete("metadata.uid"))?;
     let status = vmi.status.clone().unwrap_or_default();
+    // Placed here by the scheduler (status.nodeName); the label alone places nothing.
     if status.node_name.as_deref() != Some(ctx.config.node_name.as_str()) {
         return Ok(Action::await_change());
     }
@@ -52,33 +42,127 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<NodeContext>) 
     async move {
         let phase = status.phase.unwrap_or_default();
         let entry = ctx.vms.get(&uid);
-
-        if vmi.metadata.deletion_timestamp.is_some() {
-            return shut_down(&vmi, entry, phase, &ctx).await;
-        }
-        match entry {
-            None if phase.is_final() => {
-                ctx.reporter.remove_finalizer(&vmi).await?;
-                Ok(Action::await_change())
-            }
-            None if phase == Phase::Running => {
-                // Running, yet no state directory here: the node lost the VM
-                // (state wiped while the agent was away). Never start a second one.
-                let exit = lost();
-                finish(&vmi, phase, &exit, None, &ctx).await?;
-                Ok(Action::await_change())
-            }
-            None => start(&vmi, &uid, &ctx).await,
-            Some(entry) => sync(&vmi, entry, phase, &ctx).await,
-        }
+        // What `kvmlet ps` shows, also for a VM re-attached after a restart.
+        ctx.vms.set_phase(&uid, phase);
+        let grace = vmi.spec.termination_grace_period_seconds.unwrap_or(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS);
+        let seen = Observed {
+            phase,
+            deleting: vmi.metadata.deletion_timestamp.is_some(),
+            process: entry.as_ref().map(|e| &e.process),
+            shutdown: entry.as_ref().and_then(|e| e.shutdown.as_ref()),
+            grace: Duration::from_secs(grace.max(0) as u64),
+            now: Instant::now(),
+        };
+        let step = decision::decide(&seen);
+        tracing::trace!(?step, "node step");
+        carry_out(step, &vmi, &uid, phase, entry, &ctx).await
     }
     .instrument(span)
     .await
 }
 
+async fn carry_out(
+    step: Step,
+    vmi: &VirtualMachineInstance,
+    uid: &str,
+    phase: Phase,
+    entry: Option<VmEntry>,
+    ctx: &NodeContext,
+) -> Result<Action, NodeError> {
+    match (step, entry) {
+        (Step::Wait, _) => Ok(Action::await_change()),
+        (Step::CheckAgainIn(delay), _) => Ok(Action::requeue(delay)),
+        (Step::Start, _) => start(vmi, uid, ctx).await,
+        (Step::Release, _) => {
+            ctx.reporter.remove_finalizer(vmi).await?;
+            Ok(Action::await_change())
+        }
+        (Step::FinishLost, _) => {
+            finish(vmi, phase, &lost(), None, ctx).await?;
+            ctx.reporter.remove_finalizer(vmi).await?;
+            Ok(Action::await_change())
+        }
+        (Step::Finish { killed_after_grace }, Some(entry)) => {
+            let exit = entry.exit().unwrap_or_else(lost);
+            finish(vmi, phase, &exit, killed_after_grace, ctx).await?;
+            ctx.clean_up(&entry);
+            ctx.reporter.remove_finalizer(vmi).await?;
+            Ok(Action::await_change())
+        }
+        (Step::ReportRunning, _) => {
+            let change = PhaseChange { phase: Phase::Running, reason: None, message: None, ready: true };
+            ctx.reporter.phase(vmi, &change).await?;
+            ctx.vms.set_phase(uid, Phase::Running);
+            if let Some(created) = &vmi.metadata.creation_timestamp {
+                let seconds = k8s_openapi::jiff::Timestamp::now().duration_since(created.0).as_secs_f64();
+                crate::metrics::global().vmi_started(seconds.max(0.0));
+            }
+            ctx.reporter.event(vmi, EventType::Normal, "Started", "the guest is running".into()).await;
+            Ok(Action::await_change())
+        }
+        (Step::Kill, Some(entry)) => {
+            ctx.request(&entry.dir, ControlRequest::Kill {}).await;
+            Ok(Action::await_change())
+        }
+        (Step::BeginShutdown { grace }, Some(entry)) => {
+            let now = Instant::now();
+            let shutdown = Shutdown { started: now, last_press: now, grace, killed: grace.is_zero() };
+            ctx.vms.update(uid, |e| e.shutdown = Some(shutdown));
+            if grace.is_zero() {
+                ctx.reporter
+                    .event(vmi, EventType::Normal, "ShuttingDown", "grace period 0: killing the VM".into())
+                    .await;
+                ctx.request(&entry.dir, ControlRequest::Kill {}).await;
+                return Ok(Action::requeue(AFTER_KILL));
+            }
+            let note = format!("pressing the power button; the VM is killed after {}s", grace.as_secs());
+            ctx.reporter.event(vmi, EventType::Normal, "ShuttingDown", note).await;
+            ctx.request(&entry.dir, ControlRequest::PowerButton {}).await;
+            Ok(Action::requeue(POWER_BUTTON_REPEAT.min(grace)))
+        }
+        (Step::PressPowerButton { next_check }, Some(entry)) => {
+            ctx.request(&entry.dir, ControlRequest::PowerButton {}).await;
+            ctx.vms.update(uid, |e| {
+                if let Some(shutdown) = e.shutdown.as_mut() {
+                    shutdown.last_press = Instant::now();
+                }
+            });
+            Ok(Action::requeue(next_check))
+        }
+        (Step::KillAfterGrace, Some(entry)) => {
+            if entry.shutdown.as_ref().is_some_and(|s| !s.killed) {
+                let grace_seconds = entry.shutdown.as_ref().map_or(0, |s| s.grace.as_secs());
+                tracing::info!(grace_seconds, "grace period over; killing the VM");
+                ctx.vms.update(uid, |e| {
+                    if let Some(shutdown) = e.shutdown.as_mut() {
+                        shutdown.killed = true;
+                    }
+                });
+            }
+            ctx.request(&entry.dir, ControlRequest::Kill {}).await;
+            Ok(Action::requeue(AFTER_KILL))
+        }
+        // Steps about a VM process are only decided when there is one.
+        (step, None) => unreachable_step(step),
+    }
+}
+
+/// `decide` returns process steps only with a process; should that ever
+/// break, the VMI is looked at again rather than the agent panicking.
+fn unreachable_step(step: Step) -> Result<Action, NodeError> {
+    tracing::error!(?step, "a VM step without a VM process; looking again");
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
 pub fn error_policy(_vmi: Arc<VirtualMachineInstance>, error: &NodeError, _ctx: Arc<NodeContext>) -> Action {
     crate::metrics::global().reconcile_error("node");
-    tracing::warn!(%error, "reconcile failed; retrying");
+    let mut message = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        message = format!("{message}: {e}");
+        cause = e.source();
+    }
+    tracing::warn!(error = %message, "reconcile failed; retrying");
     Action::requeue(Duration::from_millis(500))
 }
 
@@ -91,7 +175,7 @@ fn lost() -> VmExit {
 }
 
 async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Result<Action, NodeError> {
-    ctx.reporter.add_finalizer(vmi).await?;
+    let vmi = &ctx.reporter.add_finalizer(vmi).await?;
     let dir = match StateDir::new(&ctx.config.run_dir, uid) {
         Ok(dir) => dir,
         Err(e) => return fail(vmi, "metadata.uid", &e.to_string(), ctx).await,
@@ -150,54 +234,6 @@ async fn fail(
     Ok(Action::await_change())
 }
 
-async fn sync(
-    vmi: &VirtualMachineInstance,
-    entry: VmEntry,
-    phase: Phase,
-    ctx: &NodeContext,
-) -> Result<Action, NodeError> {
-    match &entry.process {
-        Process::Starting => Ok(Action::await_change()),
-        Process::Running if phase.is_final() => {
-            // A final VMI whose VM still runs (restored API data, a second
-            // agent's mistake): a final phase is never undone, so stop it.
-            request(&entry.dir, ControlRequest::Kill {}).await;
-            Ok(Action::await_change())
-        }
-        Process::Running => {
-            if phase != Phase::Running {
-                let change = PhaseChange { phase: Phase::Running, reason: None, message: None, ready: true };
-                ctx.reporter.phase(vmi, &change).await?;
-                set_phase(ctx, &entry, Phase::Running);
-                if let Some(created) = &vmi.metadata.creation_timestamp {
-                    let seconds = k8s_openapi::jiff::Timestamp::now().duration_since(created.0).as_secs_f64();
-                    crate::metrics::global().vmi_started(seconds.max(0.0));
-                }
-                ctx.reporter.event(vmi, EventType::Normal, "Started", "the guest is running".into()).await;
-            }
-            Ok(Action::await_change())
-        }
-        Process::Exited(exit) => {
-            let exit = exit.clone().unwrap_or_else(|| crashed(&entry));
-            finish(vmi, phase, &exit, None, ctx).await?;
-            cleanup(ctx, &entry);
-            ctx.reporter.remove_finalizer(vmi).await?;
-            Ok(Action::await_change())
-        }
-    }
-}
-
-fn crashed(entry: &VmEntry) -> VmExit {
-    let pid = entry.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-    let log = std::fs::read_to_string(entry.dir.vmm_log()).unwrap_or_default();
-    let last = log.lines().rev().find(|l| !l.trim().is_empty()).map(|l| format!(": {}", l.trim())).unwrap_or_default();
-    VmExit {
-        kind: VmExitKind::Error,
-        message: format!("the VM process{pid} died unexpectedly{last}"),
-        at_ms: crate::vmprocess::server::now_ms(),
-    }
-}
-
 /// Writes the final phase for how the guest ended (once).
 async fn finish(
     vmi: &VirtualMachineInstance,
@@ -209,13 +245,7 @@ async fn finish(
     if phase.is_final() {
         return Ok(());
     }
-    let (final_phase, reason) = match exit.kind {
-        VmExitKind::PowerOff => (Phase::Succeeded, "GuestPoweredOff"),
-        VmExitKind::Killed if killed_after_grace.is_some() => (Phase::Failed, "GracePeriodExpired"),
-        VmExitKind::Killed => (Phase::Failed, "Killed"),
-        VmExitKind::TripleFault => (Phase::Failed, "GuestCrashed"),
-        VmExitKind::Error => (Phase::Failed, "VMProcessFailed"),
-    };
+    let (final_phase, reason) = (exit.kind.vmi_phase(), exit.kind.vmi_reason(killed_after_grace.is_some()));
     let message = match killed_after_grace {
         Some(grace) if grace.is_zero() => "grace period 0: the VM was killed".to_string(),
         Some(grace) => {
@@ -226,92 +256,12 @@ async fn finish(
     let change =
         PhaseChange { phase: final_phase, reason: Some(reason.into()), message: Some(message.clone()), ready: false };
     ctx.reporter.phase(vmi, &change).await?;
-    if let Some(entry) = vmi.metadata.uid.as_deref().and_then(|uid| ctx.vms.get(uid)) {
-        set_phase(ctx, &entry, final_phase);
+    if let Some(uid) = vmi.metadata.uid.as_deref() {
+        ctx.vms.set_phase(uid, final_phase);
     }
     let (type_, event) =
         if final_phase == Phase::Succeeded { (EventType::Normal, "Stopped") } else { (EventType::Warning, "Failed") };
     tracing::info!(phase = ?final_phase, reason, %message, "VM stopped");
     ctx.reporter.event(vmi, type_, event, format!("{reason}: {message}")).await;
     Ok(())
-}
-
-/// A VMI marked for deletion: stop its guest gracefully, then let it go.
-async fn shut_down(
-    vmi: &VirtualMachineInstance,
-    entry: Option<VmEntry>,
-    phase: Phase,
-    ctx: &NodeContext,
-) -> Result<Action, NodeError> {
-    let Some(entry) = entry else {
-        if !phase.is_final() && phase != Phase::Pending && phase != Phase::Scheduled {
-            finish(vmi, phase, &lost(), None, ctx).await?;
-        }
-        ctx.reporter.remove_finalizer(vmi).await?;
-        return Ok(Action::await_change());
-    };
-    if let Process::Exited(exit) = &entry.process {
-        let exit = exit.clone().unwrap_or_else(|| crashed(&entry));
-        let killed_after = entry.shutdown.as_ref().filter(|s| s.killed).map(|s| s.grace);
-        finish(vmi, phase, &exit, killed_after, ctx).await?;
-        cleanup(ctx, &entry);
-        ctx.reporter.remove_finalizer(vmi).await?;
-        return Ok(Action::await_change());
-    }
-    let now = Instant::now();
-    let uid = entry.identity.uid.clone();
-    let Some(shutdown) = entry.shutdown.clone() else {
-        let grace = vmi.spec.termination_grace_period_seconds.unwrap_or(DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS);
-        let grace = Duration::from_secs(grace.max(0) as u64);
-        let shutdown = Shutdown { started: now, last_press: now, grace, killed: grace.is_zero() };
-        ctx.vms.update(&uid, |e| e.shutdown = Some(shutdown));
-        if grace.is_zero() {
-            ctx.reporter.event(vmi, EventType::Normal, "ShuttingDown", "grace period 0: killing the VM".into()).await;
-            request(&entry.dir, ControlRequest::Kill {}).await;
-            return Ok(Action::requeue(Duration::from_secs(1)));
-        }
-        let note = format!("pressing the power button; the VM is killed after {}s", grace.as_secs());
-        ctx.reporter.event(vmi, EventType::Normal, "ShuttingDown", note).await;
-        request(&entry.dir, ControlRequest::PowerButton {}).await;
-        return Ok(Action::requeue(POWER_BUTTON_REPEAT.min(grace)));
-    };
-    let deadline = shutdown.started + shutdown.grace;
-    if now >= deadline {
-        if !shutdown.killed {
-            tracing::info!(grace_seconds = shutdown.grace.as_secs(), "grace period over; killing the VM");
-            ctx.vms.update(&uid, |e| e.shutdown.as_mut().unwrap().killed = true);
-        }
-        request(&entry.dir, ControlRequest::Kill {}).await;
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-    if now >= shutdown.last_press + POWER_BUTTON_REPEAT {
-        request(&entry.dir, ControlRequest::PowerButton {}).await;
-        ctx.vms.update(&uid, |e| e.shutdown.as_mut().unwrap().last_press = now);
-    }
-    Ok(Action::requeue(POWER_BUTTON_REPEAT.min(deadline - now)))
-}
-
-/// A control request whose failure only matters through the next status.
-async fn request(dir: &StateDir, request: ControlRequest) {
-    if let Err(e) = client::request(dir, &request).await {
-        tracing::debug!(?request, error = %e, "control request failed");
-    }
-}
-
-fn set_phase(ctx: &NodeContext, entry: &VmEntry, phase: Phase) {
-    ctx.vms.update(&entry.identity.uid, |e| e.phase = format!("{phase:?}"));
-}
-
-/// Removes the state directory (and cgroup) of a VM whose process is gone.
-fn cleanup(ctx: &NodeContext, entry: &VmEntry) {
-    if entry.cleaned {
-        return;
-    }
-    if let Err(e) = entry.dir.remove() {
-        tracing::warn!(error = %e, "cannot remove the VM's state directory");
-    }
-    if let Some(parent) = &ctx.config.cgroup_parent {
-        crate::vmprocess::cgroup::remove(parent, &entry.dir);
-    }
-    ctx.vms.update(&entry.identity.uid, |e| e.cleaned = true);
 }

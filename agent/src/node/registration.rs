@@ -29,10 +29,6 @@ impl Capacity {
     }
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 /// Creates the Node if it does not exist, publishes the capacity, then marks
 /// it schedulable with a fresh heartbeat.
 pub async fn register(client: &Client, node_name: &str, capacity: Capacity) -> kube::Result<()> {
@@ -66,7 +62,7 @@ pub async fn heartbeat(client: &Client, node_name: &str, schedulable: bool) -> k
     let patch = json!({
         "metadata": {
             "labels": {SCHEDULABLE_LABEL: schedulable.to_string()},
-            "annotations": {HEARTBEAT_ANNOTATION: now()},
+            "annotations": {HEARTBEAT_ANNOTATION: crate::clock::now_rfc3339()},
         }
     });
     nodes.patch(node_name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())

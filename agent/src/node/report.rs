@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
-use proto::kubevirt::{Condition, PhaseTransitionTimestamp, VirtualMachineInstance, VirtualMachineInstancePhase};
+use proto::kubevirt::{Condition, VirtualMachineInstance, VirtualMachineInstancePhase};
 use proto::labels::VMI_FOREGROUND_FINALIZER;
 use serde_json::json;
 
@@ -52,10 +52,7 @@ impl VmiReporter {
             _ => ready,
         };
         conditions.push(ready);
-        let mut transitions = status.phase_transition_timestamps.clone();
-        if status.phase != Some(change.phase) {
-            transitions.push(PhaseTransitionTimestamp { phase: change.phase, phase_transition_timestamp: Time(now()) });
-        }
+        let transitions = crate::phase_transitions::moving_to(&status, change.phase);
         let patch = json!({
             "status": {
                 "phase": change.phase,
@@ -67,38 +64,15 @@ impl VmiReporter {
         self.api(vmi).patch_status(&vmi.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
     }
 
-    /// Adds the node's finalizer (a JSON patch that tests the list it read).
-    pub async fn add_finalizer(&self, vmi: &VirtualMachineInstance) -> kube::Result<()> {
-        if vmi.finalizers().iter().any(|f| f == VMI_FOREGROUND_FINALIZER) {
-            return Ok(());
-        }
-        let patch = match &vmi.metadata.finalizers {
-            Some(list) => json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": list},
-                {"op": "add", "path": "/metadata/finalizers/-", "value": VMI_FOREGROUND_FINALIZER},
-            ]),
-            None => json!([{"op": "add", "path": "/metadata/finalizers", "value": [VMI_FOREGROUND_FINALIZER]}]),
-        };
-        self.json_patch(vmi, patch).await
+    /// Adds the node's finalizer; the VMI as it is now.
+    pub async fn add_finalizer(&self, vmi: &VirtualMachineInstance) -> kube::Result<VirtualMachineInstance> {
+        let written = crate::finalizers::add(&self.api(vmi), vmi, VMI_FOREGROUND_FINALIZER).await?;
+        Ok(written.unwrap_or_else(|| vmi.clone()))
     }
 
     /// Removes the node's finalizer: the VM process is gone and cleaned up.
     pub async fn remove_finalizer(&self, vmi: &VirtualMachineInstance) -> kube::Result<()> {
-        let list = vmi.finalizers();
-        if !list.iter().any(|f| f == VMI_FOREGROUND_FINALIZER) {
-            return Ok(());
-        }
-        let rest: Vec<&String> = list.iter().filter(|f| *f != VMI_FOREGROUND_FINALIZER).collect();
-        let patch = json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": list},
-            {"op": "replace", "path": "/metadata/finalizers", "value": rest},
-        ]);
-        self.json_patch(vmi, patch).await
-    }
-
-    async fn json_patch(&self, vmi: &VirtualMachineInstance, patch: serde_json::Value) -> kube::Result<()> {
-        let patch: json_patch::Patch = serde_json::from_value(patch).expect("a well-formed JSON patch");
-        self.api(vmi).patch(&vmi.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await.map(|_| ())
+        crate::finalizers::remove(&self.api(vmi), vmi, VMI_FOREGROUND_FINALIZER).await.map(|_| ())
     }
 
     /// Records an event on the VMI; a failure is logged, never fatal.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::ObjectRef;
 use proto::debug::{VmExit, VmProcessState, VmProcessStatus, VmSummary};
-use proto::kubevirt::VirtualMachineInstance;
+use proto::kubevirt::{VirtualMachineInstance, VirtualMachineInstancePhase};
 use tokio::sync::mpsc::UnboundedSender;
 use vmm::VmConfig;
 
@@ -23,9 +23,10 @@ pub enum Process {
     Starting,
     /// The guest runs (`status` has its boot count and start time).
     Running,
-    /// The process is gone: with the exit it recorded, or None if it died
-    /// without recording one (killed, crashed).
-    Exited(Option<VmExit>),
+    /// The process is gone: with the exit it recorded, or, if it died
+    /// without recording one (killed, crashed), one the agent made when it
+    /// noticed (see [`died`]).
+    Exited(VmExit),
 }
 
 /// A graceful shutdown in progress.
@@ -62,15 +63,7 @@ impl VmEntry {
             .and_then(|s| s.started_at_ms)
             .filter(|_| running)
             .map(|started| now_ms().saturating_sub(started) / 1000);
-        let last_exit = match &self.process {
-            Process::Exited(Some(exit)) => Some(exit.clone()),
-            Process::Exited(None) => Some(VmExit {
-                kind: proto::debug::VmExitKind::Error,
-                message: "the VM process died without recording an exit".into(),
-                at_ms: 0,
-            }),
-            _ => None,
-        };
+        let last_exit = self.exit();
         VmSummary {
             namespace: self.identity.namespace.clone(),
             name: self.identity.name.clone(),
@@ -85,8 +78,35 @@ impl VmEntry {
         }
     }
 
+    /// How the VM ended, once its process is gone.
+    pub fn exit(&self) -> Option<VmExit> {
+        match &self.process {
+            Process::Exited(exit) => Some(exit.clone()),
+            _ => None,
+        }
+    }
+
     pub fn object_ref(&self) -> ObjectRef<VirtualMachineInstance> {
         ObjectRef::new(&self.identity.name).within(&self.identity.namespace)
+    }
+}
+
+/// The exit a gone VM process recorded, or else that it died (read while
+/// its state directory, and the last line of its log, are still there).
+fn exit_of(dir: &StateDir, pid: Option<u32>) -> VmExit {
+    dir.read_exit().unwrap_or_else(|| died(dir, pid))
+}
+
+/// A VM process that died without recording an exit (killed, crashed).
+pub fn died(dir: &StateDir, pid: Option<u32>) -> VmExit {
+    let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    let log = std::fs::read_to_string(dir.vmm_log()).unwrap_or_default();
+    let last = log.lines().rev().find(|l| !l.trim().is_empty());
+    let last = last.map(|l| format!(": {}", l.trim())).unwrap_or_default();
+    VmExit {
+        kind: proto::debug::VmExitKind::Error,
+        message: format!("the VM process{pid} died unexpectedly{last}"),
+        at_ms: now_ms(),
     }
 }
 
@@ -116,6 +136,16 @@ impl VmTable {
         }
     }
 
+    /// The VMI phase `kvmlet ps` shows for the VM (if the node has it).
+    pub fn set_phase(&self, uid: &str, phase: VirtualMachineInstancePhase) {
+        let phase = format!("{phase:?}");
+        self.update(uid, |e| {
+            if e.phase != phase {
+                e.phase = phase;
+            }
+        });
+    }
+
     pub fn remove(&self, uid: &str) -> Option<VmEntry> {
         self.lock().remove(uid)
     }
@@ -133,7 +163,7 @@ impl VmTable {
                 }
             };
             let alive = dir.is_locked();
-            let process = if alive { Process::Starting } else { Process::Exited(dir.read_exit()) };
+            let process = if alive { Process::Starting } else { Process::Exited(exit_of(&dir, dir.read_pid())) };
             let VmIdentity { namespace, name, uid } = &record.identity;
             tracing::info!(%namespace, vmi = %name, %uid, alive, pid = ?dir.read_pid(), "re-attached to a VM");
             self.insert(record, dir.clone(), dir.read_pid(), process);
@@ -152,7 +182,7 @@ impl VmTable {
         Ok(())
     }
 
-    fn insert(&self, record: VmRecord, dir: StateDir, pid: Option<u32>, process: Process) {
+    pub(super) fn insert(&self, record: VmRecord, dir: StateDir, pid: Option<u32>, process: Process) {
         let entry = VmEntry {
             identity: record.identity.clone(),
             dir,
@@ -188,8 +218,7 @@ impl VmTable {
                 Err(e) => tracing::debug!(%uid, error = %e, "cannot watch the VM process"),
             }
             // The socket closed: the process is gone (its lock goes with it).
-            let exit = dir.read_exit();
-            table.update(&uid, |entry| entry.process = Process::Exited(exit));
+            table.update(&uid, |entry| entry.process = Process::Exited(exit_of(&dir, entry.pid)));
             table.poke(&uid);
         });
     }

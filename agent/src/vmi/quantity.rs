@@ -128,6 +128,12 @@ pub fn bytes(quantity: &str) -> Result<u64, QuantityError> {
     whole(quantity, 0)
 }
 
+/// Whole MiB in a quantity, rounded down: what a capacity (`kvmlet.io/memory`,
+/// `--memory-capacity`) offers, never more than it says.
+pub fn capacity_mib(quantity: &str) -> Result<u64, QuantityError> {
+    bytes(quantity).map(|b| b >> 20)
+}
+
 /// Thousandths of a CPU in a CPU quantity (`500m`, `2`, `1.5`), rounded up.
 pub fn millicores(quantity: &str) -> Result<u64, QuantityError> {
     whole(quantity, 3)

@@ -133,18 +133,24 @@ fn run_guest(shared: &Shared, config: vmm::VmConfig) -> VmExit {
         });
         let reason = vm.wait();
         *shared.vm.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let kind = match reason {
-            ExitReason::Reboot => {
-                tracing::info!("guest rebooting");
-                shared.update(|status| status.state = VmProcessState::Starting);
-                continue;
-            }
-            ExitReason::PowerOff => VmExitKind::PowerOff,
-            ExitReason::TripleFault => VmExitKind::TripleFault,
-            ExitReason::Killed => VmExitKind::Killed,
-            ExitReason::Error(_) => VmExitKind::Error,
-        };
-        return exit(kind, reason.to_string());
+        if reason == ExitReason::Reboot {
+            tracing::info!("guest rebooting");
+            shared.update(|status| status.state = VmProcessState::Starting);
+            continue;
+        }
+        return exit(exit_kind(&reason), reason.to_string());
+    }
+}
+
+/// The one translation from the VMM's reason to the exit kind the node,
+/// `kvmlet run` and `kvmlet vm-process` report.
+pub fn exit_kind(reason: &ExitReason) -> VmExitKind {
+    match reason {
+        ExitReason::PowerOff => VmExitKind::PowerOff,
+        ExitReason::Reboot => VmExitKind::Reboot,
+        ExitReason::TripleFault => VmExitKind::TripleFault,
+        ExitReason::Killed => VmExitKind::Killed,
+        ExitReason::Error(_) => VmExitKind::Error,
     }
 }
 

@@ -106,7 +106,7 @@ fn lookup_core_events() -> Result<&'static Resource, ApiError> {
 }
 
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    crate::clock::now_rfc3339()
 }
 
 /// Longest generateName prefix kept (253 minus the 5-character suffix).

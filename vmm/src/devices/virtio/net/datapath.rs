@@ -45,6 +45,8 @@ pub struct NetCounters {
     pub tx_frames: u64,
     pub tx_dropped: u64,
     pub rx_frames: u64,
+    /// Bytes of delivered frames, their headers included.
+    pub rx_bytes: u64,
     pub rx_dropped: u64,
     pub dhcp_replies: u64,
 }
@@ -231,7 +233,10 @@ impl Datapath {
                     self.rx_pending = Some(len);
                     return self.wait_for_rx_buffers();
                 }
-                Delivery::Delivered => self.counters.rx_frames += 1,
+                Delivery::Delivered => {
+                    self.counters.rx_frames += 1;
+                    self.counters.rx_bytes += len as u64;
+                }
                 Delivery::Dropped => self.counters.rx_dropped += 1,
             }
             *used_any = true;

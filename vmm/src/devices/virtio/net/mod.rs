@@ -193,12 +193,16 @@ fn run_worker(mut datapath: Datapath, notify: [Arc<EventFd>; 2], backend: &Backe
     };
     // Buffers and frames may already be waiting from before activation.
     let mut ok = datapath.process_tx().and_then(|_| datapath.process_rx()).map_err(|e| broken(e, &datapath)).is_ok();
+    // A backend that reports an error or hangup (its interface deleted) would
+    // wake poll forever: it is not polled again, and the guest's frames to it are dropped.
+    let mut backend_usable = true;
     loop {
+        let backend_fd = if backend_usable { backend.file().as_raw_fd() } else { -1 };
         let backend_events = if ok && datapath.wants_backend_input() { libc::POLLIN } else { 0 };
         let mut fds = [
             libc::pollfd { fd: notify[RX].as_raw_fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: notify[TX].as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: backend.file().as_raw_fd(), events: backend_events, revents: 0 },
+            libc::pollfd { fd: backend_fd, events: backend_events, revents: 0 },
             libc::pollfd { fd: kill.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
         // SAFETY: `fds` is a valid array of pollfds for the duration of the call.
@@ -212,6 +216,11 @@ fn run_worker(mut datapath: Datapath, notify: [Arc<EventFd>; 2], backend: &Backe
         }
         if fds[3].revents != 0 {
             return;
+        }
+        if fds[2].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            tracing::warn!(revents = fds[2].revents, "virtio-net: the tap failed; no more frames are received from it");
+            backend_usable = false;
+            fds[2].revents = 0;
         }
         if fds[RX].revents != 0 {
             let _ = notify[RX].read();

@@ -285,7 +285,7 @@ fn send_udp(iface: &mut Interface, dev: &mut NetDevice, sockets: &mut SocketSet,
         return;
     }
     let mut message = Text::<96>::new();
-    let _ = write!(message, "probe-udp {}\n", hostname);
+    let _ = writeln!(message, "probe-udp {}", hostname);
     if udp.send_slice(message.as_str().as_bytes(), endpoint).is_err() {
         report!("error net udp: send");
         return;
@@ -317,7 +317,7 @@ fn serve_tcp(iface: &mut Interface, dev: &mut NetDevice, sockets: &mut SocketSet
     }
     report!("net tcp port={} listening", port);
     let mut banner = Text::<96>::new();
-    let _ = write!(banner, "probe-banner {}\n", hostname);
+    let _ = writeln!(banner, "probe-banner {}", hostname);
     let mut sent = false;
     let start = now();
     while elapsed_ms(start) < TCP_TIMEOUT_MS {

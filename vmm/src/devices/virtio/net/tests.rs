@@ -68,13 +68,20 @@ fn lease() -> DhcpLease {
 }
 
 fn rig(mergeable: bool, queue_size: u16) -> Rig {
+    rig_with(mergeable, queue_size, false)
+}
+
+fn rig_with(mergeable: bool, queue_size: u16, event_idx: bool) -> Rig {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let (rx, tx) = (GuestQueue::new(RX_QUEUE, queue_size), GuestQueue::new(TX_QUEUE, queue_size));
+    let (mut rx_queue, mut tx_queue) = (queue_for(&rx), queue_for(&tx));
+    rx_queue.set_event_idx(event_idx);
+    tx_queue.set_event_idx(event_idx);
     let (ours, theirs) = socket_pair();
     let backend = Arc::new(Backend::from_socket(ours).unwrap());
     let dhcp = Some(Arc::new(DhcpResponder::new(MacAddr(GUEST_MAC), 1500, lease())));
     let interrupt = Arc::new(Interrupt::new(IrqLine::new().unwrap()));
-    let datapath = Datapath::new(mem.clone(), queue_for(&rx), queue_for(&tx), interrupt, backend, dhcp, mergeable);
+    let datapath = Datapath::new(mem.clone(), rx_queue, tx_queue, interrupt, backend, dhcp, mergeable);
     let peer = std::fs::File::from(theirs);
     Rig { mem, rx, tx, datapath, peer }
 }
@@ -351,4 +358,25 @@ fn activated_through_the_transport_the_worker_moves_frames_both_ways() {
     assert_ne!(t.interrupt().status() & 1, 0, "the driver was interrupted");
     write(&mut t, 0x70, 0); // reset: joins the worker
     assert_eq!(t.status(), 0);
+}
+
+/// With EVENT_IDX the device publishes where it wants the next kick
+/// (avail_event, after the used ring) and interrupts only past used_event.
+#[test]
+fn event_idx_asks_for_the_next_kick_and_frames_still_flow() {
+    let mut rig = rig_with(false, 16, true);
+    for n in 1..=3u16 {
+        let bytes = with_header(&ethernet(100));
+        rig.send(&bytes, 1);
+        assert!(rig.datapath.process_tx().unwrap());
+        assert_eq!(peer_read(&mut rig.peer).unwrap(), bytes);
+        assert_eq!(rig.tx.used_idx(&rig.mem), n);
+        let avail_event: u16 = rig.mem.read_obj(GuestAddress(rig.tx.used_ring + 4 + 8 * 16)).unwrap();
+        assert_eq!(avail_event, n, "the next kick is asked for at the next available index");
+    }
+    let bytes = with_header(&ethernet(60));
+    rig.peer.write_all(&bytes).unwrap();
+    rig.offer_rx(1, 2048);
+    rig.datapath.process_rx().unwrap();
+    assert_eq!(rig.rx.used(&rig.mem, 0).1 as usize, bytes.len());
 }

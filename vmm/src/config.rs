@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::arch::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS, MAX_VIRTIO_DEVICES};
+use crate::net_config::{NetConfig, NetConfigError};
 
 /// SMBIOS strings are at most 64 characters in practice (dmidecode, firmware UIs).
 pub const MAX_FIRMWARE_SERIAL_LEN: usize = 64;
@@ -43,6 +44,9 @@ pub struct VmConfig {
     /// virtio-blk disks, in the order the guest enumerates them (`vda`, `vdb`, ...).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// virtio-net NICs, after the disks, in the order the guest enumerates them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<NetConfig>,
 }
 
 /// Where the guest's serial console output goes.
@@ -99,6 +103,10 @@ pub enum ConfigError {
     DiskUnreadable { index: usize, path: PathBuf, source: io::Error },
     #[error("disks[{index}].serial: {reason}")]
     DiskSerial { index: usize, reason: String },
+    #[error("nets: {disks} disks and {nets} NICs given, at most {MAX_VIRTIO_DEVICES} virtio devices are supported")]
+    TooManyVirtioDevices { disks: usize, nets: usize },
+    #[error(transparent)]
+    Net(#[from] NetConfigError),
 }
 
 /// What kind of kernel image a file holds, from its first bytes.
@@ -137,6 +145,7 @@ impl VmConfig {
             serial: None,
             console: ConsoleConfig::default(),
             disks: Vec::new(),
+            nets: Vec::new(),
         }
     }
 
@@ -174,6 +183,12 @@ impl VmConfig {
             if let Some(serial) = &disk.serial {
                 validate_disk_serial(index, serial)?;
             }
+        }
+        if self.disks.len() + self.nets.len() > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyVirtioDevices { disks: self.disks.len(), nets: self.nets.len() });
+        }
+        for (index, net) in self.nets.iter().enumerate() {
+            net.validate(index)?;
         }
         Ok(())
     }

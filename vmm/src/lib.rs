@@ -12,9 +12,11 @@ mod boot;
 pub mod config;
 pub mod console;
 pub mod devices;
+pub mod dhcp;
 mod error;
 mod exit;
 pub mod firmware;
+pub mod net_config;
 pub mod nocloud;
 mod vcpu;
 mod vm;
@@ -23,4 +25,5 @@ pub use config::{ConfigError, ConsoleConfig, DiskConfig, KernelFormat, VmConfig}
 pub use console::ConsoleRing;
 pub use error::Error;
 pub use exit::ExitReason;
+pub use net_config::{DhcpLease, MacAddr, NetConfig, PrivateOption, TapSource};
 pub use vm::{Vm, VmHandle};

@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::signal::Killable;
 
@@ -21,11 +21,12 @@ use crate::config::{DiskConfig, VmConfig};
 use crate::console::{Console, ConsoleRing};
 use crate::devices::acpi::{AcpiShutdown, Ged};
 use crate::devices::coalesced::CoalescedRing;
-use crate::devices::irq::IrqLine;
 use crate::devices::legacy::I8042;
+use crate::devices::manager::{self, irq_line, MmioDeviceManager, VirtioRole};
 use crate::devices::serial::{SerialPort, REPLAY_INTERVAL};
 use crate::devices::virtio::block::Block;
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::Net;
+use crate::devices::virtio::VirtioDevice;
 use crate::devices::Bus;
 use crate::error::Error;
 use crate::exit::{ExitReason, ExitSignal};
@@ -114,11 +115,6 @@ impl Vm {
             EntryProtocol::Linux64 => boot_params::write_zero_page(&memory, entry.setup_header, &info)?,
             EntryProtocol::Pvh => boot_params::write_pvh_start_info(&memory, &info)?,
         }
-        let tables = firmware::build(&config).map_err(|e| Error::Firmware(e.to_string()))?;
-        for (address, bytes) in tables.blobs() {
-            memory.write_slice(bytes, GuestAddress(address)).map_err(|e| Error::Firmware(e.to_string()))?;
-        }
-
         // Devices.
         let exit = Arc::new(ExitSignal::default());
         let console = Console::open(&config.console).map_err(Error::Console)?;
@@ -133,10 +129,25 @@ impl Vm {
         pio.insert(ACPI_SHUTDOWN_PORT.into(), ACPI_SHUTDOWN_PORT_LEN.into(), shutdown)?;
         let mut mmio = Bus::new();
         mmio.insert(GED_MMIO_START, GED_MMIO_SIZE, ged.clone())?;
-        for (index, disk) in config.disks.iter().enumerate() {
-            attach_disk(&vm_fd, &mut mmio, &memory, index, disk)?;
+        let mut devices = MmioDeviceManager::new(&vm_fd, &memory);
+        for slot in manager::plan(&config) {
+            let device: Box<dyn VirtioDevice> = match slot.role {
+                VirtioRole::Disk(index) => Box::new(block_device(index, &config.disks[index])?),
+                VirtioRole::Net(index) => Box::new(
+                    Net::new(&config.nets[index])
+                        .map_err(|e| Error::Device(format!("nets[{index}].tap: {}", error_chain(&e))))?,
+                ),
+            };
+            devices.attach(&mut mmio, slot, device)?;
         }
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+
+        // Firmware tables declare the devices just attached.
+        let tables =
+            firmware::build_with_devices(&config, devices.attached()).map_err(|e| Error::Firmware(e.to_string()))?;
+        for (address, bytes) in tables.blobs() {
+            memory.write_slice(bytes, GuestAddress(address)).map_err(|e| Error::Firmware(e.to_string()))?;
+        }
 
         // vCPUs.
         let supported_cpuid =
@@ -293,29 +304,22 @@ fn guest_memory(vm_fd: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
     Ok(memory)
 }
 
-/// virtio-blk disk `index` at its MMIO window and GSI, in config order, so the
-/// guest enumerates it as the (index+1)-th disk; queue kicks go through
-/// ioeventfds and never reach the vCPU thread.
-fn attach_disk(
-    vm_fd: &VmFd,
-    mmio: &mut Bus,
-    memory: &GuestMemoryMmap,
-    index: usize,
-    disk: &DiskConfig,
-) -> Result<(), Error> {
+/// virtio-blk for `disks[index]`.
+fn block_device(index: usize, disk: &DiskConfig) -> Result<Block, Error> {
     let file = disk.open(index)?;
-    let block = Block::new(file, disk.readonly, disk.serial.as_deref())
-        .map_err(|e| Error::Device(format!("disks[{index}]: {e}")))?;
-    let base = layout::virtio_mmio_base(index);
-    let transport = MmioTransport::new(Box::new(block), memory.clone(), irq_line(vm_fd, layout::virtio_irq(index))?)
-        .map_err(|e| Error::Device(format!("disks[{index}]: {e}")))?;
-    for (offset, queue, evt) in transport.queue_notifiers() {
-        vm_fd
-            .register_ioevent(evt, &IoEventAddress::Mmio(base + offset), queue)
-            .map_err(|e| Error::Kvm("KVM_IOEVENTFD", e))?;
+    Block::new(file, disk.readonly, disk.serial.as_deref()).map_err(|e| Error::Device(format!("disks[{index}]: {e}")))
+}
+
+/// An error and its sources, for a message that must stand alone.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
     }
-    mmio.insert(base, layout::VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
-    Ok(())
+    text
 }
 
 /// Lets KVM queue the guest's console output instead of exiting per byte,
@@ -335,10 +339,4 @@ fn coalesce_serial_output(kvm: &Kvm, vm_fd: &Arc<VmFd>, vcpu: &Vcpu, serial: &Mu
     if let Err(e) = coalesced {
         tracing::warn!(error = %e, "console output is not coalesced");
     }
-}
-
-fn irq_line(vm_fd: &VmFd, gsi: u32) -> Result<IrqLine, Error> {
-    let line = IrqLine::new().map_err(|e| Error::Device(format!("eventfd for GSI {gsi}: {e}")))?;
-    vm_fd.register_irqfd(line.eventfd(), gsi).map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-    Ok(line)
 }

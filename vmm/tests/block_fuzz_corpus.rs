@@ -2,9 +2,6 @@
 //! corpus in every test run: well-formed requests, each corrupted in turn, and
 //! pseudo-random inputs. `cargo +nightly fuzz run block_request` explores further.
 
-// The harness counts allocations through a `GlobalAlloc`, which is `unsafe` by
-// nature (vmm is the crate where `unsafe` may live).
-#[allow(unsafe_code)]
 #[path = "../fuzz/harness.rs"]
 mod harness;
 

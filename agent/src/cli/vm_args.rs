@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use uuid::Uuid;
-use vmm::{DiskConfig, VmConfig};
+use vmm::{DhcpLease, DiskConfig, MacAddr, NetConfig, TapSource, VmConfig};
 
 use crate::vmi::cloud_init;
 
@@ -38,9 +38,78 @@ pub struct VmArgs {
     /// Build a cloud-init NoCloud seed with this user data and attach it after the other disks.
     #[arg(long, value_name = "FILE")]
     pub cloud_init_user_data: Option<PathBuf>,
+    /// A virtio-net NIC on an existing tap (after the disks), with DHCP answered
+    /// inside the VMM with KubeVirt's masquerade lease (10.0.2.2/24, router
+    /// 10.0.2.1, DNS and search domains from /etc/resolv.conf). Repeatable.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=M][,mtu=N][,hostname=H]", value_parser = parse_net)]
+    pub nets: Vec<NetArg>,
     /// Network configuration for the seed (needs --cloud-init-user-data).
     #[arg(long, value_name = "FILE", requires = "cloud_init_user_data")]
     pub cloud_init_network_data: Option<PathBuf>,
+}
+
+/// One `--net`, before the lease (which reads the host's resolv.conf) exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetArg {
+    pub tap: String,
+    pub mac: Option<MacAddr>,
+    pub mtu: u16,
+    pub hostname: Option<String>,
+}
+
+/// Parses `tap=NAME[,mac=M][,mtu=N][,hostname=H]`.
+fn parse_net(spec: &str) -> Result<NetArg, String> {
+    let mut net = NetArg { tap: String::new(), mac: None, mtu: vmm::net_config::DEFAULT_MTU, hostname: None };
+    for option in spec.split(',') {
+        match option.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() => net.tap = name.to_string(),
+            Some(("mac", mac)) => net.mac = Some(mac.parse().map_err(|e| format!("{e}"))?),
+            Some(("mtu", mtu)) => net.mtu = mtu.parse().map_err(|_| format!("mtu `{mtu}` is not a number"))?,
+            Some(("hostname", name)) => net.hostname = Some(name.to_string()),
+            _ => return Err(format!("unknown net option `{option}` (expected tap=NAME, mac=M, mtu=N or hostname=H)")),
+        }
+    }
+    if net.tap.is_empty() {
+        return Err("a NIC needs tap=NAME".into());
+    }
+    Ok(net)
+}
+
+/// KubeVirt's masquerade binding: the guest is 10.0.2.2/24 behind the pod's
+/// bridge at 10.0.2.1, leased for 999 days, with the pod's DNS servers and
+/// search domains (IPv4 name servers only: the lease is IPv4).
+pub fn masquerade_lease(hostname: Option<String>, resolv_conf: &str) -> DhcpLease {
+    let mut dns_servers = Vec::new();
+    let mut search_domains = Vec::new();
+    for line in resolv_conf.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => dns_servers.extend(words.next().and_then(|w| w.parse::<std::net::Ipv4Addr>().ok())),
+            Some("search") => search_domains = words.map(str::to_string).collect(),
+            _ => {}
+        }
+    }
+    dns_servers.truncate(vmm::net_config::MAX_DNS_SERVERS);
+    search_domains.truncate(vmm::net_config::MAX_SEARCH_DOMAINS);
+    DhcpLease {
+        address: std::net::Ipv4Addr::new(10, 0, 2, 2),
+        prefix_len: 24,
+        router: std::net::Ipv4Addr::new(10, 0, 2, 1),
+        dns_servers,
+        search_domains,
+        hostname,
+        lease_seconds: 999 * 24 * 3600,
+        ntp_servers: Vec::new(),
+        boot_file_name: None,
+        tftp_server_name: None,
+        private_options: Vec::new(),
+    }
+}
+
+/// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx).
+fn random_mac() -> MacAddr {
+    let bytes = Uuid::new_v4().into_bytes();
+    MacAddr([0x02, bytes[0], bytes[1], bytes[2], bytes[3], bytes[4]])
 }
 
 /// A VM config and the seed image it refers to, which lives as long as this does.
@@ -81,6 +150,19 @@ impl VmArgs {
             disks: self.disks.clone(),
             ..VmConfig::new(&self.kernel)
         };
+        if !self.nets.is_empty() {
+            let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            config.nets = self
+                .nets
+                .iter()
+                .map(|net| NetConfig {
+                    tap: TapSource::Name(net.tap.clone()),
+                    mac: net.mac.unwrap_or_else(random_mac),
+                    mtu: net.mtu,
+                    dhcp: Some(masquerade_lease(net.hostname.clone(), &resolv_conf)),
+                })
+                .collect();
+        }
         let Some(user_data_path) = &self.cloud_init_user_data else {
             return Ok(PreparedVm { config, _seed: None });
         };
@@ -109,6 +191,31 @@ mod tests {
         let disk = parse_disk("/img/a.raw,serial=data-1,readonly").unwrap();
         assert_eq!(disk, DiskConfig { path: "/img/a.raw".into(), readonly: true, serial: Some("data-1".into()) });
         assert_eq!(parse_disk("b.raw").unwrap(), DiskConfig { path: "b.raw".into(), readonly: false, serial: None });
+    }
+
+    #[test]
+    fn net_specs_parse_with_defaults() {
+        let net = parse_net("tap=tap0").unwrap();
+        assert_eq!(net, NetArg { tap: "tap0".into(), mac: None, mtu: 1500, hostname: None });
+        let net = parse_net("mac=02:00:00:00:00:07,tap=t1,mtu=9000,hostname=vm1").unwrap();
+        assert_eq!(net.mac, Some(MacAddr([2, 0, 0, 0, 0, 7])));
+        assert_eq!((net.tap.as_str(), net.mtu, net.hostname.as_deref()), ("t1", 9000, Some("vm1")));
+        assert_eq!(parse_net("mac=02:00:00:00:00:07").unwrap_err(), "a NIC needs tap=NAME");
+        assert!(parse_net("tap=t,queues=2").unwrap_err().contains("`queues=2`"));
+        assert!(parse_net("tap=t,mac=zz").unwrap_err().contains("`zz` is not a MAC address"));
+        assert!(random_mac().0[0] == 0x02);
+    }
+
+    #[test]
+    fn the_masquerade_lease_is_kubevirts() {
+        let resolv =
+            "# comment\nnameserver 10.96.0.10\nnameserver fd00::10\nsearch ns.svc.cluster.local svc.cluster.local\n";
+        let lease = masquerade_lease(Some("vm1".into()), resolv);
+        assert_eq!(lease.address.to_string(), "10.0.2.2");
+        assert_eq!((lease.prefix_len, lease.router.to_string()), (24, "10.0.2.1".to_string()));
+        assert_eq!(lease.dns_servers, [std::net::Ipv4Addr::new(10, 96, 0, 10)]);
+        assert_eq!(lease.search_domains, ["ns.svc.cluster.local", "svc.cluster.local"]);
+        assert_eq!(lease.lease_seconds, 999 * 86400);
     }
 
     #[test]

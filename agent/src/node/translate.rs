@@ -81,6 +81,9 @@ impl VmPlan {
             ConfigError::Serial(_) => "spec.domain.firmware.serial".to_string(),
             ConfigError::ConsoleFile { .. } => "console".to_string(),
             ConfigError::TooManyDisks { .. } => "spec.domain.devices.disks".to_string(),
+            ConfigError::TooManyVirtioDevices { .. } | ConfigError::Net(_) => {
+                "spec.domain.devices.interfaces".to_string()
+            }
             ConfigError::DiskUnreadable { index, .. } | ConfigError::DiskSerial { index, .. } => {
                 self.disk_fields.get(*index).cloned().unwrap_or_else(|| "spec.domain.devices.disks".into())
             }

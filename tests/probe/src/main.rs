@@ -13,6 +13,8 @@ mod disks;
 mod entry;
 mod hw;
 mod mem;
+mod net;
+mod netdev;
 #[macro_use]
 mod serial;
 mod smbios;
@@ -92,7 +94,26 @@ extern "C" fn probe_main(boot_info: u64, protocol: u64) -> ! {
         None => report!("error no SMBIOS system information"),
     }
 
-    disks::probe_disks(&virtio_bases[..virtio_count], info.cmdline, flood_buffer(&info));
+    // Disks come first in kvmlet's device order, so a disk's index is its
+    // position among virtio devices; NICs follow.
+    let mut disk_bases = [0u64; 32];
+    let mut disk_count = 0;
+    let mut net_base = None;
+    for &base in &virtio_bases[..virtio_count] {
+        match virtio::read32(base, netdev::REG_DEVICE_ID) {
+            netdev::DEVICE_ID_NET => {
+                net_base = net_base.or(Some(base));
+            }
+            _ => {
+                disk_bases[disk_count] = base;
+                disk_count += 1;
+            }
+        }
+    }
+    disks::probe_disks(&disk_bases[..disk_count], info.cmdline, flood_buffer(&info));
+    if let Some(base) = net_base {
+        net::probe_net(base, info.cmdline);
+    }
 
     let action = cmdline_value(info.cmdline, "probe.action").unwrap_or("poweroff");
     report!("action={}", action);

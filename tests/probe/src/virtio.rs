@@ -83,17 +83,17 @@ static mut QUEUE: QueueMemory = QueueMemory {
 };
 static mut BUFFERS: Buffers = Buffers { header: [0; 16], status: 0, data: [0; MAX_TRANSFER] };
 
-fn read32(base: u64, reg: u64) -> u32 {
+pub fn read32(base: u64, reg: u64) -> u32 {
     // SAFETY: `base` is a virtio-mmio window from the DSDT, identity mapped.
     unsafe { read_volatile((base + reg) as usize as *const u32) }
 }
 
-fn write32(base: u64, reg: u64, value: u32) {
+pub fn write32(base: u64, reg: u64, value: u32) {
     // SAFETY: as for read32.
     unsafe { write_volatile((base + reg) as usize as *mut u32, value) }
 }
 
-fn write64(base: u64, reg: u64, value: u64) {
+pub fn write64(base: u64, reg: u64, value: u64) {
     write32(base, reg, value as u32);
     write32(base, reg + 4, (value >> 32) as u32);
 }

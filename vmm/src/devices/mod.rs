@@ -4,6 +4,7 @@ pub mod bus;
 pub mod coalesced;
 pub mod irq;
 pub mod legacy;
+pub mod manager;
 pub mod serial;
 pub mod virtio;
 

@@ -8,6 +8,7 @@ use crate::arch::layout::{
     ACPI_RESET_VALUE, ACPI_SHUTDOWN_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_TABLES_START, APIC_START, IOAPIC_START,
     RSDP_START,
 };
+use crate::devices::manager::MmioSlot;
 
 pub const OEM_ID: [u8; 6] = *b"KVMLET";
 const OEM_REVISION: u32 = 1;
@@ -89,7 +90,7 @@ fn madt(vcpus: u8) -> Sdt {
     madt
 }
 
-fn dsdt_table(virtio_devices: usize) -> Sdt {
+fn dsdt_table(virtio_devices: &[MmioSlot]) -> Sdt {
     let mut dsdt = sdt(*b"DSDT", 36, 6);
     dsdt.append_slice(&dsdt::body(virtio_devices));
     dsdt.update_checksum();
@@ -126,7 +127,7 @@ fn rsdp(xsdt_address: u64) -> Vec<u8> {
 }
 
 /// All tables with their guest addresses, and the RSDP.
-pub fn build(vcpus: u8, virtio_devices: usize) -> Result<(Blob, Vec<AcpiTable>), FirmwareError> {
+pub fn build(vcpus: u8, virtio_devices: &[MmioSlot]) -> Result<(Blob, Vec<AcpiTable>), FirmwareError> {
     let mut next = ACPI_TABLES_START;
     let mut tables = Vec::new();
     let mut place = |signature: [u8; 4], bytes: Vec<u8>| -> Result<u64, FirmwareError> {
@@ -148,6 +149,14 @@ pub fn build(vcpus: u8, virtio_devices: usize) -> Result<(Blob, Vec<AcpiTable>),
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DiskConfig, VmConfig};
+    use crate::devices::manager::plan;
+
+    fn two_disks() -> Vec<MmioSlot> {
+        let mut config = VmConfig::new("/boot/vmlinuz");
+        config.disks = vec![DiskConfig { path: "a".into(), readonly: false, serial: None }; 2];
+        plan(&config)
+    }
 
     fn sums_to_zero(bytes: &[u8]) -> bool {
         bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b)) == 0
@@ -155,7 +164,7 @@ mod tests {
 
     #[test]
     fn every_table_checksums_and_is_as_long_as_it_says() {
-        let (rsdp, tables) = build(4, 2).unwrap();
+        let (rsdp, tables) = build(4, &two_disks()).unwrap();
         assert!(sums_to_zero(&rsdp.bytes[..20]) && sums_to_zero(&rsdp.bytes));
         for table in &tables {
             assert!(sums_to_zero(&table.bytes), "{:?}", table.signature);
@@ -196,7 +205,7 @@ mod tests {
 
     #[test]
     fn dsdt_declares_the_devices() {
-        let body = dsdt::body(2);
+        let body = dsdt::body(&two_disks());
         let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
         for name in [&b"COM1"[..], b"GED_", b"PWRB", b"_S5_", b"V000", b"V001", b"LNRO0005", b"ACPI0013"] {
             assert!(has(name), "{}", String::from_utf8_lossy(name));

@@ -1,6 +1,6 @@
 //! The DSDT: the devices a hardware-reduced ACPI guest finds — COM1, the
 //! Generic Event Device with its power button, `_S5_`, and one `LNRO0005`
-//! virtio-mmio device per disk, in disk order.
+//! virtio-mmio device per slot the device manager placed, in slot order.
 
 use acpi_tables::aml::{
     self, Device, EISAName, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt,
@@ -9,9 +9,9 @@ use acpi_tables::aml::{
 use acpi_tables::Aml;
 
 use crate::arch::layout::{
-    virtio_irq, virtio_mmio_base, ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, GED_EVENT_POWER_BUTTON,
-    GED_IRQ, GED_MMIO_START, VIRTIO_MMIO_SIZE,
+    ACPI_S5_SLEEP_TYPE, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, GED_EVENT_POWER_BUTTON, GED_IRQ, GED_MMIO_START,
 };
+use crate::devices::manager::MmioSlot;
 
 // Edge-triggered, active-high, exclusive: what an irqfd delivers — one pulse
 // per event, with no resample/EOI path to lower a level line. For the GED this
@@ -76,10 +76,11 @@ fn ged_and_power_button() -> Vec<u8> {
     out
 }
 
-fn virtio_mmio(index: usize) -> Vec<u8> {
-    let window = Memory32Fixed::new(true, virtio_mmio_base(index) as u32, VIRTIO_MMIO_SIZE as u32);
-    let irq = interrupt(virtio_irq(index));
+fn virtio_mmio(slot: &MmioSlot) -> Vec<u8> {
+    let window = Memory32Fixed::new(true, slot.base as u32, slot.size as u32);
+    let irq = interrupt(slot.gsi);
     let crs = ResourceTemplate::new(vec![&window, &irq]);
+    let index = slot.index;
     let uid = index as u32;
     let hid = "LNRO0005";
     bytes(&Device::new(
@@ -100,14 +101,14 @@ fn bytes(aml: &dyn Aml) -> Vec<u8> {
 }
 
 /// The DSDT's AML body (everything after the table header).
-pub fn body(virtio_devices: usize) -> Vec<u8> {
+pub fn body(virtio_devices: &[MmioSlot]) -> Vec<u8> {
     let mut out = Vec::new();
     // The \_SB_ scope must exist before devices are declared in it.
     out.extend(bytes(&Scope::new("_SB_".into(), vec![])));
     out.extend(com1());
     out.extend(ged_and_power_button());
-    for index in 0..virtio_devices {
-        out.extend(virtio_mmio(index));
+    for slot in virtio_devices {
+        out.extend(virtio_mmio(slot));
     }
     let s5 = ACPI_S5_SLEEP_TYPE;
     out.extend(bytes(&Name::new("_S5_".into(), &Package::new(vec![&s5, &s5, &aml::ZERO, &aml::ZERO]))));

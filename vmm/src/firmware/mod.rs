@@ -9,6 +9,7 @@ mod smbios;
 
 use crate::arch::layout::{ACPI_TABLES_START, RSDP_START, SMBIOS_START, SYSTEM_MEM_END};
 use crate::config::VmConfig;
+use crate::devices::manager::{self, MmioSlot};
 
 /// Bytes and the guest-physical address they go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +47,14 @@ pub struct Firmware {
     pub smbios: Blob,
 }
 
+/// The firmware for `config`, with the virtio devices its device plan places.
 pub fn build(config: &VmConfig) -> Result<Firmware, FirmwareError> {
-    let (rsdp, acpi_tables) = acpi::build(config.vcpus, config.disks.len())?;
+    build_with_devices(config, &manager::plan(config))
+}
+
+/// The firmware for `config` declaring exactly the virtio-mmio devices in `devices`.
+pub fn build_with_devices(config: &VmConfig, devices: &[MmioSlot]) -> Result<Firmware, FirmwareError> {
+    let (rsdp, acpi_tables) = acpi::build(config.vcpus, devices)?;
     let smbios = smbios::build(config.uuid.as_ref(), config.serial.as_deref());
     if SMBIOS_START + smbios.bytes.len() as u64 > SYSTEM_MEM_END {
         return Err(FirmwareError::SmbiosTooLarge { limit: SYSTEM_MEM_END - SMBIOS_START });

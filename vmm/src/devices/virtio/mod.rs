@@ -4,6 +4,7 @@
 pub mod block;
 pub mod guest_queue;
 pub mod mmio;
+pub mod net;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;

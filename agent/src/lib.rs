@@ -5,6 +5,7 @@ pub mod apiserver;
 pub mod cli;
 pub mod controller;
 pub mod debug_socket;
+pub mod images;
 pub mod metrics;
 pub mod node;
 pub mod vmi;

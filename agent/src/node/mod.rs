@@ -62,6 +62,8 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     /// vCPUs offered per host CPU.
     pub cpu_allocation_ratio: u64,
+    /// Registry mirrors and insecure registries for image pulls.
+    pub registry: crate::images::reference::RegistryConfig,
 }
 
 /// What every reconcile shares.
@@ -70,6 +72,8 @@ pub struct NodeContext {
     pub client: Client,
     pub vms: VmTable,
     pub reporter: report::VmiReporter,
+    /// Image pulls and the node's image store.
+    pub images: crate::images::Images,
 }
 
 impl NodeContext {
@@ -101,11 +105,17 @@ impl NodeLoop {
         std::fs::create_dir_all(crate::vmprocess::state_dir::vms_dir(&config.run_dir))?;
         std::fs::set_permissions(&config.run_dir, std::fs::Permissions::from_mode(0o700))?;
         let (poke, pokes) = mpsc::unbounded_channel();
+        let images = crate::images::Images::new(
+            config.defaults.image_dir.clone(),
+            config.registry.clone(),
+            client.clone(),
+            poke.clone(),
+        )?;
         let vms = VmTable::new(poke);
         vms.attach_all(&config.run_dir);
         crate::metrics::global().add_collector(crate::metrics::vm::collector(vms.clone(), config.node_name.clone()));
         let reporter = report::VmiReporter::new(client.clone(), &config.node_name);
-        Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter }), pokes })
+        Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter, images }), pokes })
     }
 
     /// The VM table, for the debugging socket.

@@ -24,6 +24,7 @@ use tracing::Instrument;
 use super::report::PhaseChange;
 use super::vms::{Process, Shutdown, VmEntry};
 use super::{disks, translate, NodeContext};
+use crate::images;
 use crate::vmprocess::client;
 use crate::vmprocess::state_dir::{StateDir, VmIdentity, VmRecord};
 
@@ -54,6 +55,7 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<NodeContext>) 
         let entry = ctx.vms.get(&uid);
 
         if vmi.metadata.deletion_timestamp.is_some() {
+            ctx.images.forget(&uid);
             return shut_down(&vmi, entry, phase, &ctx).await;
         }
         match entry {
@@ -92,6 +94,13 @@ fn lost() -> VmExit {
 
 async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Result<Action, NodeError> {
     ctx.reporter.add_finalizer(vmi).await?;
+    // --- images: containerDisk / kernelBoot images pulled (in the background) before translate ---
+    match ctx.images.ensure(vmi) {
+        images::Ensure::Ready(pulled) => record_image_events(vmi, pulled, ctx).await,
+        images::Ensure::Waiting(waiting) => return pulling(vmi, waiting, ctx).await,
+        images::Ensure::Failed { field, message } => return fail(vmi, &field, &message, ctx).await,
+    }
+    // --- end images ---
     let dir = match StateDir::new(&ctx.config.run_dir, uid) {
         Ok(dir) => dir,
         Err(e) => return fail(vmi, "metadata.uid", &e.to_string(), ctx).await,
@@ -128,6 +137,34 @@ async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Re
         .await;
     Ok(Action::await_change())
 }
+
+// --- images: the VMI while its images are pulled ---
+/// `Scheduled` with the pull's reason (`PullingImage`, `ErrImagePull`, `ImagePullBackOff`) and its events.
+async fn pulling(
+    vmi: &VirtualMachineInstance,
+    waiting: images::Waiting,
+    ctx: &NodeContext,
+) -> Result<Action, NodeError> {
+    let change = PhaseChange {
+        phase: Phase::Scheduled,
+        reason: Some(waiting.reason.into()),
+        message: Some(waiting.message),
+        ready: false,
+    };
+    ctx.reporter.phase(vmi, &change).await?;
+    record_image_events(vmi, waiting.events, ctx).await;
+    Ok(waiting
+        .retry_in
+        .map_or_else(Action::await_change, |retry| Action::requeue(retry.max(Duration::from_millis(100)))))
+}
+
+async fn record_image_events(vmi: &VirtualMachineInstance, events: Vec<images::Notice>, ctx: &NodeContext) {
+    for notice in events {
+        let type_ = if notice.warning { EventType::Warning } else { EventType::Normal };
+        ctx.reporter.event(vmi, type_, notice.reason, notice.note).await;
+    }
+}
+// --- end images ---
 
 /// Fails a VMI that cannot run here: phase, condition and event name the field.
 async fn fail(

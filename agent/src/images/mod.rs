@@ -161,8 +161,9 @@ impl Images {
         let mut waiting: Option<Waiting> = None;
         let mut present = Vec::new();
         for wanted in wanted(vmi) {
-            if crate::node::translate::image_root(&self.image_dir, &wanted.image).is_ok() {
-                continue; // the hand-made layout
+            let hand_made = crate::vmi::validate::image_reference(&wanted.image).map(|r| self.image_dir.join(r));
+            if hand_made.is_ok_and(|dir| dir.is_dir()) {
+                continue; // the hand-made layout IMAGE_DIR/REF
             }
             let image = match ImageRef::parse(&wanted.image) {
                 Ok(image) => image,

@@ -252,7 +252,10 @@ mod tests {
         header
     }
 
-    fn layer(entries: &[(&str, EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+    /// path, kind, contents, link target.
+    type Spec<'a> = (&'a str, EntryType, &'a [u8], Option<&'a str>);
+
+    fn layer(entries: &[Spec]) -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());
         for (path, kind, data, link) in entries {
             let mut h = header(path, *kind, data.len() as u64);
@@ -265,7 +268,7 @@ mod tests {
         builder.into_inner().unwrap()
     }
 
-    fn apply(entries: &[(&str, EntryType, &[u8], Option<&str>)], root: &Path) -> Result<(), UnpackError> {
+    fn apply(entries: &[Spec], root: &Path) -> Result<(), UnpackError> {
         apply_tar(&layer(entries)[..], root)
     }
 
@@ -307,7 +310,7 @@ mod tests {
 
     #[test]
     fn hostile_entries_are_refused_by_name() {
-        let cases: &[(&[(&str, EntryType, &[u8], Option<&str>)], &str)] = &[
+        let cases: &[(&[Spec], &str)] = &[
             (&[("../escape", EntryType::Regular, b"x", None)], "'..'"),
             (&[("/etc/passwd", EntryType::Regular, b"x", None)], "absolute"),
             (&[("disk/l", EntryType::Symlink, b"", Some("../../etc"))], "outside"),

@@ -230,3 +230,43 @@ impl Drop for Registry {
 pub fn disk_layer(name: &str, contents: &[u8]) -> Vec<u8> {
     tar(&[Entry::dir("disk/"), Entry::file(&format!("disk/{name}"), contents)])
 }
+
+/// A TCP proxy to `upstream` that sends responses slowly (about 1 MiB/s),
+/// so a test can act while a pull is under way. Runs until the runtime ends.
+pub async fn slow_proxy(upstream: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut server_write).await });
+                let mut buffer = vec![0u8; 32 << 10];
+                while let Ok(n) = server_read.read(&mut buffer).await {
+                    if n == 0 || client_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+            });
+        }
+    });
+    address
+}
+
+/// `len` bytes that do not compress (xorshift), so a layer stays big.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}

@@ -234,3 +234,43 @@ async fn bad_images_fail_with_their_reason_named() {
     let tampered_blob = server.image_dir().join("blobs/sha256").join(tampered[0].trim_start_matches("sha256:"));
     assert!(!tampered_blob.exists(), "a blob that failed its digest check is never stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_pull_leaves_nothing_half_visible_and_pulls_again() {
+    let registry = Registry::start();
+    let disk = e2e::registry::noise(6 << 20, 7);
+    registry.push("disks/big:v1", &[disk_layer("big.img", &disk)]);
+    let proxy = e2e::registry::slow_proxy(registry.host()).await;
+    let flags =
+        ["--registry-mirror".to_string(), format!("docker.io=http://{proxy}"), "--insecure-registry".into(), proxy];
+    let mut server = Standalone::with_node(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let client = server.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    create(&vmis, &disk_vmi("big", "disks/big:v1", json!({}))).await;
+
+    // Wait until the layer is partly downloaded, then SIGKILL the server.
+    let tmp = server.image_dir().join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let partial =
+            std::fs::read_dir(&tmp).map(|d| d.flatten().any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false)));
+        if partial.unwrap_or(false) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pull never started: {}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.restart();
+    let dir = server.image_dir();
+    let visible = |sub: &str| std::fs::read_dir(dir.join(sub)).map(|d| d.count()).unwrap_or(0);
+    assert_eq!((visible("refs"), visible("unpacked")), (0, 0), "a killed pull left an image visible");
+
+    let vmi = wait_for(&vmis, &server, "big", "Running", Duration::from_secs(120), |v| {
+        v.and_then(phase) == Some(Phase::Running)
+    })
+    .await
+    .unwrap();
+    assert_eq!(disk_copy(&server, vmi.metadata.uid.as_deref().unwrap()), disk);
+    assert_eq!(visible("tmp"), 0, "the killed pull's temporary files are gone");
+    assert_eq!((visible("refs"), visible("unpacked"), visible("blobs/sha256")), (1, 1, 1));
+}

@@ -81,6 +81,15 @@ impl Registry {
 
     /// A registry that wants `user:password` (htpasswd, bcrypt).
     pub fn start_with(creds: Option<(&str, &str)>) -> Registry {
+        Registry::start_inner(creds, false)
+    }
+
+    /// A registry serving HTTPS with a self-signed certificate (openssl).
+    pub fn start_tls() -> Registry {
+        Registry::start_inner(None, true)
+    }
+
+    fn start_inner(creds: Option<(&str, &str)>, tls: bool) -> Registry {
         let binary = require_tool("docker-registry", "docker-registry");
         require_tool("skopeo", "skopeo");
         let dir = tempfile::tempdir().unwrap();
@@ -95,9 +104,25 @@ impl Registry {
             }
             None => String::new(),
         };
+        let tls = if tls {
+            require_tool("openssl", "openssl");
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let out = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+            format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())
+        } else {
+            String::new()
+        };
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n{auth}",
+             http:\n  addr: 127.0.0.1:{port}\n{tls}{auth}",
             dir.path().join("storage").display()
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();

@@ -274,3 +274,25 @@ async fn an_agent_killed_mid_pull_leaves_nothing_half_visible_and_pulls_again() 
     assert_eq!(visible("tmp"), 0, "the killed pull's temporary files are gone");
     assert_eq!((visible("refs"), visible("unpacked"), visible("blobs/sha256")), (1, 1, 1));
 }
+
+#[tokio::test]
+async fn an_insecure_registry_is_reached_over_tls_without_verification_and_only_then() {
+    let registry = Registry::start_tls();
+    let disk = pattern_disk();
+    registry.push("disks/tls:v1", &[disk_layer("d.img", &disk)]);
+    let mirror = format!("docker.io=https://{}", registry.host());
+    let server = Standalone::with_node(&["--registry-mirror", &mirror, "--insecure-registry", &registry.host()]);
+    let client = server.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    create(&vmis, &disk_vmi("tls", "disks/tls:v1", json!({}))).await;
+    let vmi = wait_for_phase(&vmis, &server, "tls", Phase::Running).await;
+    assert_eq!(disk_copy(&server, vmi.metadata.uid.as_deref().unwrap()), disk);
+
+    // The same mirror without --insecure-registry: the self-signed certificate is refused.
+    let strict = Standalone::with_node(&["--registry-mirror", &mirror]);
+    let client = strict.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    create(&vmis, &disk_vmi("strict", "disks/tls:v1", json!({}))).await;
+    let failed = wait_event(&client, &strict, "strict", "Failed", "Failed to pull image \"disks/tls:v1\"").await;
+    assert!(failed.to_lowercase().contains("certificate"), "{failed}");
+}

@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 
 use crate::require_tool;
 
+/// How `push_image` compresses layers.
+#[derive(Debug, Clone, Copy)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
 pub struct Registry {
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -181,6 +188,18 @@ impl Registry {
     /// as `repository:tag` (e.g. `kubevirt/cirros-container-disk-demo:latest`).
     /// Returns the digests of the layers as pushed.
     pub fn push(&self, repository_tag: &str, layers: &[Vec<u8>]) -> Vec<String> {
+        self.push_image(repository_tag, &[("amd64", layers.to_vec())], Compression::Gzip, false)
+    }
+
+    /// Pushes one manifest per (architecture, layers), as a multi-arch index
+    /// when `index` is set. Returns the layer digests of the last manifest.
+    pub fn push_image(
+        &self,
+        repository_tag: &str,
+        images: &[(&str, Vec<Vec<u8>>)],
+        compression: Compression,
+        index: bool,
+    ) -> Vec<String> {
         let layout = self.dir.path().join(format!("layout-{}", uuid::Uuid::new_v4().simple()));
         let blobs = layout.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).unwrap();
@@ -191,41 +210,57 @@ impl Registry {
             std::fs::rename(&temp, blobs.join(&hex)).unwrap();
             (format!("sha256:{hex}"), bytes.len())
         };
-        let mut layer_descriptors = Vec::new();
-        let mut diff_ids = Vec::new();
-        for layer in layers {
-            let raw = layout.join("raw.tar");
-            std::fs::write(&raw, layer).unwrap();
-            diff_ids.push(format!("sha256:{}", sha256(&raw)));
-            let gz = Command::new("gzip").args(["-n", "-c"]).arg(&raw).output().unwrap().stdout;
-            std::fs::remove_file(&raw).unwrap();
-            let (digest, size) = put(&gz);
-            layer_descriptors.push(serde_json::json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size,
+        let mut manifests = Vec::new();
+        let mut last_layers = Vec::new();
+        for (arch, layers) in images {
+            let mut layer_descriptors = Vec::new();
+            let mut diff_ids = Vec::new();
+            for layer in layers {
+                let raw = layout.join("raw.tar");
+                std::fs::write(&raw, layer).unwrap();
+                diff_ids.push(format!("sha256:{}", sha256(&raw)));
+                let (tool, media_type) = match compression {
+                    Compression::Gzip => (["gzip", "-n", "-c"], "application/vnd.oci.image.layer.v1.tar+gzip"),
+                    Compression::Zstd => (["zstd", "-q", "-c"], "application/vnd.oci.image.layer.v1.tar+zstd"),
+                };
+                let compressed = Command::new(tool[0]).args(&tool[1..]).arg(&raw).output().unwrap().stdout;
+                std::fs::remove_file(&raw).unwrap();
+                let (digest, size) = put(&compressed);
+                layer_descriptors.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": size}));
+            }
+            let config = serde_json::json!({
+                "architecture": arch, "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {},
+            });
+            let (config_digest, config_size) = put(&serde_json::to_vec(&config).unwrap());
+            let manifest = serde_json::json!({
+                "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+                "layers": layer_descriptors,
+            });
+            let (digest, size) = put(&serde_json::to_vec(&manifest).unwrap());
+            manifests.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": size,
+                "platform": {"architecture": arch, "os": "linux"},
             }));
+            last_layers = layer_descriptors.iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect();
         }
-        let config = serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {},
-        });
-        let (config_digest, config_size) = put(&serde_json::to_vec(&config).unwrap());
-        let manifest = serde_json::json!({
-            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-            "layers": layer_descriptors,
-        });
-        let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest).unwrap());
-        let index = serde_json::json!({
-            "schemaVersion": 2,
-            "manifests": [{
-                "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest_size,
-                "annotations": {"org.opencontainers.image.ref.name": "latest"},
-            }],
-        });
-        std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        let top = if index {
+            let list = serde_json::json!({
+                "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests,
+            });
+            let (digest, size) = put(&serde_json::to_vec(&list).unwrap());
+            serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": size})
+        } else {
+            manifests.pop().unwrap()
+        };
+        let mut top = top;
+        top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "latest"});
+        let layout_index = serde_json::json!({"schemaVersion": 2, "manifests": [top]});
+        std::fs::write(layout.join("index.json"), serde_json::to_vec(&layout_index).unwrap()).unwrap();
         std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
         let mut skopeo = Command::new("skopeo");
-        skopeo.args(["copy", "--dest-tls-verify=false"]);
+        skopeo.args(["copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]);
         if let Some((user, password)) = &self.creds {
             skopeo.arg(format!("--dest-creds={user}:{password}"));
         }
@@ -235,7 +270,7 @@ impl Registry {
             .output()
             .unwrap();
         assert!(out.status.success(), "skopeo copy: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
-        layer_descriptors.iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
+        last_layers
     }
 
     /// The registry's stored file for a blob (to tamper with).

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::node::*;
-use e2e::registry::{disk_layer, tar, Entry, Registry};
+use e2e::registry::{disk_layer, tar, Compression, Entry, Registry};
 use e2e::standalone::Standalone;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -225,6 +225,12 @@ async fn bad_images_fail_with_their_reason_named() {
         let condition = vmi.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").cloned().unwrap();
         assert!(condition.message.unwrap_or_default().contains(needle), "{name}: {message}");
     }
+    // Never, and the image is not on the node: the VMI fails at once, naming the policy.
+    create(&vmis, &disk_vmi("never", "bad/nothing:v1", json!({"imagePullPolicy": "Never"}))).await;
+    let never = wait_for_phase(&vmis, &server, "never", Phase::Failed).await;
+    let condition = never.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(condition.message.unwrap_or_default().contains("ErrImageNeverPull"));
+    assert!(!event_reasons(&client, "never").await.iter().any(|(r, _)| r == "Pulling"));
     // Nothing hostile reached the store or the host.
     assert!(
         !server.image_dir().join("escape.img").exists()
@@ -295,4 +301,19 @@ async fn an_insecure_registry_is_reached_over_tls_without_verification_and_only_
     create(&vmis, &disk_vmi("strict", "disks/tls:v1", json!({}))).await;
     let failed = wait_event(&client, &strict, "strict", "Failed", "Failed to pull image \"disks/tls:v1\"").await;
     assert!(failed.to_lowercase().contains("certificate"), "{failed}");
+}
+
+#[tokio::test]
+async fn a_multi_arch_index_resolves_to_linux_amd64_and_zstd_layers_unpack() {
+    let registry = Registry::start();
+    let disk = pattern_disk();
+    let decoy = vec![0xAAu8; 1 << 20];
+    let images = [("arm64", vec![disk_layer("d.img", &decoy)]), ("amd64", vec![disk_layer("d.img", &disk)])];
+    registry.push_image("disks/multi:v1", &images, Compression::Zstd, true);
+    let server = server_for(&registry);
+    let client = server.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    create(&vmis, &disk_vmi("multi", "disks/multi:v1", json!({}))).await;
+    let vmi = wait_for_phase(&vmis, &server, "multi", Phase::Running).await;
+    assert_eq!(disk_copy(&server, vmi.metadata.uid.as_deref().unwrap()), disk, "the amd64 image's disk");
 }

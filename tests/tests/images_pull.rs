@@ -317,3 +317,38 @@ async fn a_multi_arch_index_resolves_to_linux_amd64_and_zstd_layers_unpack() {
     let vmi = wait_for_phase(&vmis, &server, "multi", Phase::Running).await;
     assert_eq!(disk_copy(&server, vmi.metadata.uid.as_deref().unwrap()), disk, "the amd64 image's disk");
 }
+
+#[tokio::test]
+async fn a_kernel_boot_container_is_pulled_and_its_kernel_booted() {
+    let registry = Registry::start();
+    let kernel = std::fs::read(&e2e::probe().bzimage).unwrap();
+    registry.push("kernels/probe:v1", &[tar(&[Entry::dir("boot/"), Entry::file("boot/vmlinuz", &kernel)])]);
+    // A node without a default kernel: the VMI boots only if the pulled one is used.
+    let flags = registry.mirror_flags();
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["--node-name".into(), "test-node".into(), "--heartbeat-interval".into(), "1".into()];
+    args.extend(flags.iter().map(std::ffi::OsString::from));
+    let server = Standalone::start_with(args);
+    let client = server.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    let vmi: VirtualMachineInstance = serde_json::from_value(json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "kernel"},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "domain": {
+                "resources": {"requests": {"memory": "64Mi"}},
+                "firmware": {"kernelBoot": {
+                    "kernelArgs": "probe.action=wait",
+                    "container": {"image": "kernels/probe:v1", "kernelPath": "/boot/vmlinuz"},
+                }},
+                "devices": {"disks": []},
+            },
+        },
+    }))
+    .unwrap();
+    create(&vmis, &vmi).await;
+    wait_for_phase(&vmis, &server, "kernel", Phase::Running).await;
+    wait_console(&server, "kernel", "probe: waiting for power button").await;
+    wait_event(&client, &server, "kernel", "Pulled", "Successfully pulled image \"kernels/probe:v1\"").await;
+}

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -63,8 +63,13 @@ fn hex_of(digest: &str) -> io::Result<&str> {
 
 impl Store {
     pub fn open(dir: &Path) -> io::Result<Store> {
-        for sub in ["blobs/sha256", "unpacked", "refs", "users", "tmp", "locks"] {
-            fs::create_dir_all(dir.join(sub))?;
+        fs::create_dir_all(dir)?;
+        // Private: images may come from registries only this node's credentials open.
+        for sub in ["blobs", "blobs/sha256", "unpacked", "refs", "users", "tmp", "locks"] {
+            match fs::DirBuilder::new().mode(0o700).create(dir.join(sub)) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                other => other?,
+            }
         }
         let file =
             fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(dir.join("tmp.lock"))?;
@@ -242,6 +247,8 @@ mod tests {
         assert_eq!(store.lookup(&image("busybox:1")), Some(record));
         assert_eq!(store.lookup(&image("busybox:2")), None);
         assert!(fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none(), "no temporary left");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(dir.path().join("blobs")).unwrap().permissions().mode() & 0o777, 0o700);
     }
 
     #[test]

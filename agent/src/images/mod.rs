@@ -180,7 +180,7 @@ impl Images {
             }
             if policy == PullPolicy::Never {
                 let message = format!(
-                    "ErrImageNeverPull: image {:?} is not on this node and its pull policy is Never",
+                    "image {:?} is not on this node and its pull policy is Never (ErrImageNeverPull)",
                     wanted.image
                 );
                 return Ensure::Failed { field: format!("{}.image", wanted.field), message };

@@ -142,9 +142,16 @@ pub async fn pull(
             continue;
         }
         let temp = store.temp_path("blob");
-        let file = tokio::fs::File::create(&temp).await.map_err(PullError::Store)?;
-        // The client hashes the stream and fails on a digest mismatch.
-        let pulled = client.pull_blob(&reference, layer, file).await;
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+            .await
+            .map_err(PullError::Store)?;
+        // The client hashes the stream and fails on a digest mismatch; the
+        // writer stops a registry that sends more than the manifest said.
+        let pulled = client.pull_blob(&reference, layer, Bounded { inner: file, left: layer.size.max(0) as u64 }).await;
         if let Err(e) = pulled {
             let _ = std::fs::remove_file(&temp);
             return Err(registry_error(e));
@@ -175,6 +182,45 @@ pub async fn pull(
     Ok(record)
 }
 
+/// A writer that refuses to write more than `left` bytes in all.
+struct Bounded<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            let error =
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "the blob is larger than its descriptor says");
+            return std::task::Poll::Ready(Err(error));
+        }
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &written {
+            self.left -= *n as u64;
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 fn unpack_all(root: &Path, blobs: &[(String, std::path::PathBuf)]) -> Result<(), PullError> {
     std::fs::create_dir(root).map_err(PullError::Store)?;
     for (digest, blob) in blobs {
@@ -187,6 +233,16 @@ fn unpack_all(root: &Path, blobs: &[(String, std::path::PathBuf)]) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_blob_larger_than_its_descriptor_is_cut_off() {
+        use tokio::io::AsyncWriteExt;
+        let mut writer = Bounded { inner: Vec::new(), left: 4 };
+        writer.write_all(b"abcd").await.unwrap();
+        let error = writer.write_all(b"e").await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(writer.inner, b"abcd");
+    }
 
     #[test]
     fn docker_config_credentials_by_host() {

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod controller;
 pub mod debug_socket;
 pub mod finalizers;
+pub mod images;
 pub mod metrics;
 pub mod node;
 pub mod phase_transitions;

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 pub mod bench;
 pub mod linux;
 pub mod node;
+pub mod registry;
 pub mod standalone;
 
 /// The workspace root (this crate lives in `tests/`).

@@ -186,7 +186,7 @@ async fn what_kvmlet_cannot_run_fails_the_vmi_naming_the_field() {
     cases.push(("host", host, "spec.volumes[0].hostDisk.path: hostDisk volumes need the HostDisk feature gate"));
     let mut image = probe_vmi("image", "probe.action=poweroff", 0);
     image.spec.volumes[0] =
-        serde_json::from_value(serde_json::json!({"name": "cloudinitdisk", "containerDisk": {"image": "no/such:1"}}))
+        serde_json::from_value(serde_json::json!({"name": "cloudinitdisk", "containerDisk": {"image": "no/such:1", "imagePullPolicy": "Never"}}))
             .unwrap();
     cases.push(("image", image, "spec.volumes[0].containerDisk.image: image \"no/such:1\" is not on this node"));
 

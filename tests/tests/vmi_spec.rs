@@ -204,7 +204,7 @@ async fn a_vm_shows_why_its_vmi_failed_after_the_vmi_is_gone() {
     let cases = [
         (
             "no-image",
-            json!({"name": "root", "containerDisk": {"image": "no/such:1"}}),
+            json!({"name": "root", "containerDisk": {"image": "no/such:1", "imagePullPolicy": "Never"}}),
             "spec.volumes[0].containerDisk.image: image \"no/such:1\" is not on this node",
         ),
         (

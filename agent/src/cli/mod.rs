@@ -5,6 +5,7 @@ mod controller;
 mod debug;
 mod firmware_dump;
 mod health;
+mod images;
 mod nocloud;
 mod node_args;
 mod run;
@@ -61,6 +62,8 @@ pub enum Command {
     /// Restart a VirtualMachine's instance (as virtctl restart).
     Restart(vm_commands::RestartArgs),
     /// Print kvmlet's version.
+    /// The node's pulled images (REF, DIGEST, SIZE, USERS); `prune` removes unused ones.
+    Images(images::ImagesArgs),
     Version,
     /// Write a shell completion script to standard output (e.g. `kvmlet completions bash > /etc/bash_completion.d/kvmlet`).
     Completions {
@@ -99,6 +102,7 @@ impl Command {
             Command::Start(args) => vm_commands::start_main(args).map(|()| ExitCode::SUCCESS),
             Command::Stop(args) => vm_commands::stop_main(args).map(|()| ExitCode::SUCCESS),
             Command::Restart(args) => vm_commands::restart_main(args).map(|()| ExitCode::SUCCESS),
+            Command::Images(args) => images::main(args).map(|()| ExitCode::SUCCESS),
             Command::VmProcess(args) => vm_process::main(args),
         }
     }

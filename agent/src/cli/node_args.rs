@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::images::reference::{Endpoint, RegistryConfig};
 use crate::node::{NodeConfig, NodeDefaults};
 use crate::vmi::host_disk::{HostDiskPolicy, HOST_DISK_GATE, KNOWN_GATES};
 
@@ -16,7 +17,8 @@ pub struct NodeArgs {
     /// VM state directories and the debugging socket (kvmlet.sock).
     #[arg(long, value_name = "DIR", default_value = "/run/kvmlet", env = "KVMLET_RUN_DIR")]
     pub run_dir: PathBuf,
-    /// Node-local container images: IMAGE_DIR/REF/disk/<raw image> (REF with its tag, :latest by default).
+    /// Container images: pulled ones in a content-addressed store here (blobs/, unpacked/, refs/),
+    /// and hand-made IMAGE_DIR/REF/disk/<raw image> (REF with its tag, :latest by default), used first.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/kvmlet/images", env = "KVMLET_IMAGE_DIR")]
     pub image_dir: PathBuf,
     /// Kernel for VMIs without spec.domain.firmware.kernelBoot.
@@ -53,6 +55,24 @@ pub struct NodeArgs {
     /// 512Mi. Default: the host's memory (never overcommitted).
     #[arg(long, value_name = "QUANTITY", env = "KVMLET_MEMORY_CAPACITY", value_parser = parse_memory_capacity)]
     pub memory_capacity: Option<u64>,
+    /// Pull images of REGISTRY from URL instead (containerd's mirrors: docker.io for
+    /// unqualified names such as kubevirt/cirros-container-disk-demo). Repeatable.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", value_parser = parse_mirror,
+          env = "KVMLET_REGISTRY_MIRRORS", value_delimiter = ',')]
+    pub registry_mirrors: Vec<(String, Endpoint)>,
+    /// A registry reached over plain HTTP (when its mirror URL says http://) or TLS
+    /// without certificate verification. Repeatable.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST[:PORT]",
+        env = "KVMLET_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+}
+
+fn parse_mirror(flag: &str) -> Result<(String, Endpoint), String> {
+    RegistryConfig::parse_mirror(flag)
 }
 
 fn parse_gate(gate: &str) -> Result<String, String> {
@@ -81,7 +101,13 @@ impl NodeArgs {
         anyhow::ensure!(self.heartbeat_interval > 0, "--heartbeat-interval: must be at least 1 second");
         let host_disks =
             HostDiskPolicy::new(self.feature_gates.iter().any(|g| g == HOST_DISK_GATE), &self.host_disk_roots)?;
+        let registry = RegistryConfig {
+            mirrors: self.registry_mirrors.iter().cloned().collect(),
+            insecure: self.insecure_registries.clone(),
+        };
+        registry.check().map_err(anyhow::Error::msg)?;
         Ok(NodeConfig {
+            registry,
             node_name,
             run_dir: self.run_dir.clone(),
             defaults: NodeDefaults {
@@ -132,6 +158,18 @@ mod tests {
         assert_eq!(twice.feature_gates.len(), 3);
         let unknown = parse(&["--feature-gates", "HostDisk,LiveMigration"]).unwrap_err().to_string();
         assert!(unknown.contains("unknown feature gate \"LiveMigration\""), "{unknown}");
+    }
+
+    #[test]
+    fn registry_mirrors_need_insecure_for_plain_http() {
+        let args =
+            parse(&["--registry-mirror", "docker.io=http://127.0.0.1:5000", "--insecure-registry", "127.0.0.1:5000"]);
+        let registry = args.unwrap().config().unwrap().registry;
+        assert_eq!(registry.mirrors["docker.io"], Endpoint { host: "127.0.0.1:5000".into(), plain_http: true });
+        let plain = parse(&["--registry-mirror", "docker.io=http://127.0.0.1:5000"]).unwrap().config().unwrap_err();
+        assert!(plain.to_string().contains("--insecure-registry 127.0.0.1:5000"), "{plain}");
+        let bad = parse(&["--registry-mirror", "docker.io"]).unwrap_err().to_string();
+        assert!(bad.contains("REGISTRY=URL"), "{bad}");
     }
 
     #[test]

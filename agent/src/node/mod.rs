@@ -69,6 +69,21 @@ pub struct NodeConfig {
     pub cpu_allocation_ratio: u64,
     /// Memory offered to VMs instead of the host's (`--memory-capacity`).
     pub memory_capacity_mib: Option<u64>,
+    /// Registry mirrors and insecure registries for image pulls.
+    pub registry: crate::images::reference::RegistryConfig,
+}
+
+/// Why a node loop cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeSetupError {
+    #[error(transparent)]
+    RunDir(#[from] run_dir::RunDirError),
+    #[error("cannot open the image store {}", path.display())]
+    ImageDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What every reconcile shares.
@@ -77,6 +92,8 @@ pub struct NodeContext {
     pub client: Client,
     pub vms: VmTable,
     pub reporter: report::VmiReporter,
+    /// Image pulls and the node's image store.
+    pub images: crate::images::Images,
 }
 
 impl NodeContext {
@@ -130,18 +147,25 @@ pub struct NodeLoop {
 impl NodeLoop {
     /// Fails when another agent holds the run directory (before anything
     /// in it is touched beyond creating it).
-    pub fn new(client: Client, config: NodeConfig) -> Result<NodeLoop, run_dir::RunDirError> {
+    pub fn new(client: Client, config: NodeConfig) -> Result<NodeLoop, NodeSetupError> {
         let prepare = |source| run_dir::RunDirError::Io { path: config.run_dir.clone(), source };
         std::fs::create_dir_all(&config.run_dir).map_err(prepare)?;
         let lock = run_dir::RunDirLock::take(&config.run_dir)?;
         std::fs::create_dir_all(crate::vmprocess::state_dir::vms_dir(&config.run_dir)).map_err(prepare)?;
         std::fs::set_permissions(&config.run_dir, std::fs::Permissions::from_mode(0o700)).map_err(prepare)?;
         let (poke, pokes) = mpsc::unbounded_channel();
+        let images = crate::images::Images::new(
+            config.defaults.image_dir.clone(),
+            config.registry.clone(),
+            client.clone(),
+            poke.clone(),
+        )
+        .map_err(|source| NodeSetupError::ImageDir { path: config.defaults.image_dir.clone(), source })?;
         let vms = VmTable::new(poke);
         vms.attach_all(&config.run_dir);
         crate::metrics::global().add_collector(crate::metrics::vm::collector(vms.clone(), config.node_name.clone()));
         let reporter = report::VmiReporter::new(client.clone(), &config.node_name);
-        Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter }), pokes, _run_dir: lock })
+        Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter, images }), pokes, _run_dir: lock })
     }
 
     /// The VM table, for the debugging socket.

@@ -17,6 +17,7 @@ use super::decision::{self, Observed, Step, AFTER_KILL, POWER_BUTTON_REPEAT};
 use super::report::PhaseChange;
 use super::vms::{Shutdown, VmEntry};
 use super::{disks, translate, NodeContext};
+use crate::images;
 use crate::vmprocess::state_dir::{StateDir, VmIdentity, VmRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,9 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<NodeContext>) 
             grace: Duration::from_secs(grace.max(0) as u64),
             now: Instant::now(),
         };
+        if seen.deleting {
+            ctx.images.forget(&uid);
+        }
         let step = decision::decide(&seen);
         tracing::trace!(?step, "node step");
         carry_out(step, &vmi, &uid, phase, entry, &ctx).await
@@ -176,6 +180,12 @@ fn lost() -> VmExit {
 
 async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Result<Action, NodeError> {
     let vmi = &ctx.reporter.add_finalizer(vmi).await?;
+    // Images first: a pull runs in the background and pokes this VMI when done.
+    match ctx.images.ensure(vmi) {
+        images::Ensure::Ready(pulled) => record_image_events(vmi, pulled, ctx).await,
+        images::Ensure::Waiting(waiting) => return pulling(vmi, waiting, ctx).await,
+        images::Ensure::Failed { field, message } => return fail(vmi, &field, &message, ctx).await,
+    }
     let dir = match StateDir::new(&ctx.config.run_dir, uid) {
         Ok(dir) => dir,
         Err(e) => return fail(vmi, "metadata.uid", &e.to_string(), ctx).await,
@@ -211,6 +221,32 @@ async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Re
         )
         .await;
     Ok(Action::await_change())
+}
+
+/// `Scheduled` with the pull's reason (`PullingImage`, `ErrImagePull`, `ImagePullBackOff`) and its events.
+async fn pulling(
+    vmi: &VirtualMachineInstance,
+    waiting: images::Waiting,
+    ctx: &NodeContext,
+) -> Result<Action, NodeError> {
+    let change = PhaseChange {
+        phase: Phase::Scheduled,
+        reason: Some(waiting.reason.into()),
+        message: Some(waiting.message),
+        ready: false,
+    };
+    ctx.reporter.phase(vmi, &change).await?;
+    record_image_events(vmi, waiting.events, ctx).await;
+    Ok(waiting
+        .retry_in
+        .map_or_else(Action::await_change, |retry| Action::requeue(retry.max(Duration::from_millis(100)))))
+}
+
+async fn record_image_events(vmi: &VirtualMachineInstance, events: Vec<images::Notice>, ctx: &NodeContext) {
+    for notice in events {
+        let type_ = if notice.warning { EventType::Warning } else { EventType::Normal };
+        ctx.reporter.event(vmi, type_, notice.reason, notice.note).await;
+    }
 }
 
 /// Fails a VMI that cannot run here: phase, condition and event name the field.

@@ -45,9 +45,19 @@ fn node() -> Node {
         heartbeat_interval: std::time::Duration::from_secs(60),
         cpu_allocation_ratio: 1,
         memory_capacity_mib: None,
+        registry: Default::default(),
     };
     let (poke, _pokes) = tokio::sync::mpsc::unbounded_channel();
-    let ctx = NodeContext { reporter: VmiReporter::new(client.clone(), NODE), vms: VmTable::new(poke), client, config };
+    let images =
+        crate::images::Images::new(config.defaults.image_dir.clone(), Default::default(), client.clone(), poke.clone())
+            .unwrap();
+    let ctx = NodeContext {
+        reporter: VmiReporter::new(client.clone(), NODE),
+        vms: VmTable::new(poke),
+        images,
+        client,
+        config,
+    };
     let vmis = Api::default_namespaced(ctx.client.clone());
     Node { _dir: dir, _api: api, ctx: Arc::new(ctx), vmis }
 }

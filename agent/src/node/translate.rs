@@ -257,13 +257,15 @@ fn volume_file(
     Ok((path.clone(), true, Some(DiskFile::Seed { path, seed })))
 }
 
-/// `image_dir/REF`, with `:latest` added to a reference without tag or digest.
+/// `image_dir/REF`, with `:latest` added to a reference without tag or digest;
+/// else the tree of the image pulled into the node's store (`crate::images`).
 pub fn image_root(image_dir: &Path, image: &str) -> Result<PathBuf, String> {
     let root = image_dir.join(validate::image_reference(image)?);
-    if !root.is_dir() {
-        return Err(format!("image {image:?} is not on this node (no directory {})", root.display()));
+    if root.is_dir() {
+        return Ok(root);
     }
-    Ok(root)
+    crate::images::store::pulled_tree(image_dir, image)
+        .ok_or_else(|| format!("image {image:?} is not on this node (no directory {})", root.display()))
 }
 
 /// `path` (absolute within the image, as KubeVirt writes it) under `root`.

@@ -143,8 +143,8 @@ fn each_unsupported_field_is_named() {
             "spec.volumes[0].hostDisk.capacity: required",
         ),
         (
-            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v", "containerDisk": {"image": "a/b", "imagePullPolicy": "Always"}}]}),
-            "spec.volumes[0].containerDisk.imagePullPolicy: \"Always\"",
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v", "containerDisk": {"image": "a/b", "imagePullPolicy": "Sometimes"}}]}),
+            "spec.volumes[0].containerDisk.imagePullPolicy: Unsupported value: \"Sometimes\"",
         ),
         (
             json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "v"}]}}, "volumes": [{"name": "v", "containerDisk": {"image": "../../etc"}}]}),

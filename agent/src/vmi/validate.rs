@@ -189,13 +189,13 @@ pub fn disk_bytes(capacity: &str, field: &str) -> Result<u64, SpecError> {
     bytes.checked_next_multiple_of(512).ok_or_else(|| SpecError::new(field, format!("{capacity:?} is out of range")))
 }
 
-/// Images are node-local: a policy that asks for a pull is refused by name.
+/// `imagePullPolicy`: one of Kubernetes' three values (the node pulls images).
 fn pull_policy(policy: &str, field: &str) -> Result<(), SpecError> {
     match policy {
-        "IfNotPresent" | "Never" => Ok(()),
+        "Always" | "IfNotPresent" | "Never" => Ok(()),
         other => Err(SpecError::new(
             field,
-            format!("{other:?}: kvmlet does not pull images yet (use IfNotPresent or Never)"),
+            format!("Unsupported value: {other:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\""),
         )),
     }
 }

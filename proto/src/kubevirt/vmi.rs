@@ -124,6 +124,10 @@ pub struct KernelBootContainer {
     pub initrd_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
+    /// A `kubernetes.io/dockerconfigjson` Secret in the VMI's namespace with
+    /// the registry credentials for `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -188,6 +192,10 @@ pub struct ContainerDiskSource {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
+    /// A `kubernetes.io/dockerconfigjson` Secret in the VMI's namespace with
+    /// the registry credentials for `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod controller;
 pub mod debug_socket;
+pub mod errors;
 pub mod finalizers;
 pub mod images;
 pub mod metrics;

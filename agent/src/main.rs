@@ -7,6 +7,6 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = cli::Cli::parse();
-    cli::init_logging(cli.log_format);
-    cli.command.run()
+    cli::init_logging(cli.global.log_format);
+    cli.run()
 }

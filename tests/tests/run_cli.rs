@@ -41,6 +41,22 @@ fn guest_power_off_exits_zero_with_the_console_on_stdout() {
 }
 
 #[test]
+fn without_uuid_each_run_gets_a_fresh_random_one() {
+    let uuids: Vec<String> = (0..2)
+        .map(|_| {
+            let (code, stdout, stderr) = run(&["--cmdline", "probe.action=poweroff"]);
+            assert_eq!(code, 0, "{stderr}");
+            probe_value(&stdout, "smbios", "uuid").expect("the probe prints the SMBIOS UUID").to_string()
+        })
+        .collect();
+    for uuid in &uuids {
+        let parsed = uuid::Uuid::parse_str(uuid).expect("a UUID");
+        assert_eq!(parsed.get_version_num(), 4, "a random (v4) UUID, not zeros: {uuid}");
+    }
+    assert_ne!(uuids[0], uuids[1], "each run is a new machine");
+}
+
+#[test]
 fn other_endings_have_distinct_statuses_and_messages() {
     let (code, _, stderr) = run(&["--cmdline", "probe.action=reboot"]);
     assert_eq!(code, 3);

@@ -394,10 +394,11 @@ async fn manual_and_once_leave_final_vmis_until_asked() {
 async fn crash_loop_backoff_grows_and_a_stop_clears_it() {
     let api = Standalone::with_node(&["--start-backoff-base-ms", "300"]);
     let apis = apis(&api).await;
-    // A kernel image that is not on the node fails every VMI before it runs.
+    // A kernel image that is not on the node, and may not be pulled, fails
+    // every VMI before it runs.
     let manifest = vm_manifest("loop", "runStrategy: Always", "probe.action=wait").replace(
         "          kernelBoot:\n",
-        "          kernelBoot:\n            container:\n              image: no/such-kernel:1\n              kernelPath: /vmlinuz\n",
+        "          kernelBoot:\n            container:\n              image: no/such-kernel:1\n              imagePullPolicy: Never\n              kernelPath: /vmlinuz\n",
     );
     k(&api, &["create", "-f", "-"], Some(&manifest));
     let mut crash_loop_seen = false;

@@ -20,13 +20,13 @@ const PAGE_SIZE: u64 = 0x1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("kernel: {path}: {source}")]
+    #[error("kernel: {path}")]
     Kernel { path: PathBuf, source: linux_loader::loader::Error },
     #[error("initrd: {path}: {reason}")]
     Initrd { path: PathBuf, reason: String },
     #[error("cmdline: does not fit in guest memory")]
     Cmdline,
-    #[error("kernel: {path}: {source}")]
+    #[error("kernel: {path}")]
     Open { path: PathBuf, source: std::io::Error },
 }
 

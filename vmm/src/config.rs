@@ -85,21 +85,21 @@ pub enum ConfigError {
     MemoryZero,
     #[error("memory: {requested} MiB is more than this host has ({available} MiB)")]
     MemoryTooLarge { requested: u64, available: u64 },
-    #[error("kernel: {path}: {source}")]
+    #[error("kernel: {path}")]
     KernelUnreadable { path: PathBuf, source: io::Error },
     #[error("kernel: {path}: not a bzImage or an ELF kernel")]
     KernelFormat { path: PathBuf },
-    #[error("initrd: {path}: {source}")]
+    #[error("initrd: {path}")]
     InitrdUnreadable { path: PathBuf, source: io::Error },
     #[error("cmdline: {0}")]
     Cmdline(String),
     #[error("serial: {0}")]
     Serial(String),
-    #[error("console.file: {path}: {source}")]
+    #[error("console.file: {path}")]
     ConsoleFile { path: PathBuf, source: io::Error },
     #[error("disks: {count} disks given, at most {MAX_VIRTIO_DEVICES} are supported")]
     TooManyDisks { count: usize },
-    #[error("disks[{index}].path: {path}: {source}")]
+    #[error("disks[{index}].path: {path}")]
     DiskUnreadable { index: usize, path: PathBuf, source: io::Error },
     #[error("disks[{index}].serial: {reason}")]
     DiskSerial { index: usize, reason: String },

@@ -10,12 +10,12 @@ use crate::devices::BusError;
 pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot use /dev/kvm: {0}")]
-    OpenKvm(kvm_ioctls::Error),
+    #[error("cannot use /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
     #[error("KVM does not support {0}, which kvmlet needs")]
     MissingCapability(&'static str),
-    #[error("{0}: {1}")]
-    Kvm(&'static str, kvm_ioctls::Error),
+    #[error("{0}")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
     #[error("memory: cannot allocate guest memory: {0}")]
     GuestMemory(String),
     #[error(transparent)]
@@ -32,10 +32,10 @@ pub enum Error {
     Device(String),
     #[error(transparent)]
     Bus(#[from] BusError),
-    #[error("console: {0}")]
-    Console(std::io::Error),
-    #[error("start vCPU thread: {0}")]
-    Thread(std::io::Error),
+    #[error("console")]
+    Console(#[source] std::io::Error),
+    #[error("start vCPU thread")]
+    Thread(#[source] std::io::Error),
     #[error("the VM was already started")]
     AlreadyStarted,
 }

@@ -13,11 +13,11 @@ use super::private_files;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("certificate generation: {0}")]
+    #[error("certificate generation")]
     Generate(#[from] rcgen::Error),
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Config(#[from] rustls::Error),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: String, source: std::io::Error },
 }
 

@@ -1,8 +1,6 @@
 //! `kvmlet agent`: the node loop against a Kubernetes API (a cluster, or
 //! another machine's `kvmlet standalone`), with the debugging socket.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use clap::Args;
 
@@ -13,9 +11,6 @@ use crate::node::NodeLoop;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Kubeconfig (else KUBECONFIG, ~/.kube/config, or the in-cluster service account).
-    #[arg(long, value_name = "FILE", env = "KVMLET_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
     /// Serve /healthz, /readyz and /metrics on this address.
     #[arg(long, value_name = "ADDR", env = "KVMLET_HEALTH_LISTEN")]
     pub health_listen: Option<std::net::SocketAddr>,
@@ -23,13 +18,13 @@ pub struct AgentArgs {
     pub node: NodeArgs,
 }
 
-pub fn main(args: AgentArgs) -> anyhow::Result<()> {
+pub fn main(args: AgentArgs, global: &super::GlobalArgs) -> anyhow::Result<()> {
     let config = args.node.config()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _health = super::health::serve_optional(args.health_listen, ready.clone()).await?;
-        let client = super::kube_client(args.kubeconfig.as_deref()).await?;
+        let client = super::kube_client(global.kubeconfig.as_deref()).await?;
         let _readiness = crate::controller::AbortOnDrop(super::health::ready_when_api_answers(client.clone(), ready));
         let node = NodeLoop::new(client, config.clone())?;
         let socket = config.run_dir.join(debug_socket::SOCKET_NAME);

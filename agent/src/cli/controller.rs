@@ -26,9 +26,6 @@ impl ControllerArgs {
 /// run by whichever replica holds the Lease.
 #[derive(Debug, Args)]
 pub struct ControllerCmdArgs {
-    /// Kubeconfig (else KUBECONFIG, ~/.kube/config, or the in-cluster service account).
-    #[arg(long, value_name = "FILE", env = "KVMLET_KUBECONFIG")]
-    pub kubeconfig: Option<std::path::PathBuf>,
     /// Namespace of the leader-election Lease.
     #[arg(long, value_name = "NS", default_value = "kvmlet-system", env = "KVMLET_LEASE_NAMESPACE")]
     pub lease_namespace: String,
@@ -45,14 +42,14 @@ pub struct ControllerCmdArgs {
     pub controller: ControllerArgs,
 }
 
-pub fn main(args: ControllerCmdArgs) -> anyhow::Result<()> {
+pub fn main(args: ControllerCmdArgs, global: &super::GlobalArgs) -> anyhow::Result<()> {
     use crate::controller::{leader, scheduler, AbortOnDrop};
     anyhow::ensure!(args.heartbeat_threshold > 0, "--heartbeat-threshold: must be at least 1 second");
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _health = super::health::serve_optional(args.health_listen, ready.clone()).await?;
-        let client = super::kube_client(args.kubeconfig.as_deref()).await?;
+        let client = super::kube_client(global.kubeconfig.as_deref()).await?;
         // Ready once the API answers: standby replicas are ready too.
         let readiness = AbortOnDrop(super::health::ready_when_api_answers(client.clone(), ready));
         let lease = leader::LeaseConfig::new(&args.lease_namespace, &args.lease_name);

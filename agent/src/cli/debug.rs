@@ -49,11 +49,8 @@ pub struct PsArgs {
 
 #[derive(Debug, Args)]
 pub struct VmiArgs {
-    /// The VMI's name.
+    /// The VMI's name (its namespace: -n/--namespace).
     pub vmi: String,
-    /// The VMI's namespace.
-    #[arg(short, long, default_value = "default")]
-    pub namespace: String,
     #[command(flatten)]
     pub socket: SocketArgs,
 }
@@ -99,26 +96,23 @@ fn table(vms: &[VmSummary]) -> String {
     out
 }
 
-pub fn inspect(args: VmiArgs) -> anyhow::Result<()> {
-    let path = vm_path(&args.namespace, &args.vmi, "");
+pub fn inspect(args: VmiArgs, namespace: &str) -> anyhow::Result<()> {
+    let path = vm_path(namespace, &args.vmi, "");
     let detail: VmDetail = runtime()?.block_on(args.socket.client().get(&path))?;
     print_out(&format!("{}\n", serde_json::to_string_pretty(&detail)?))
 }
 
 /// Follows the console until the VM stops; typed input goes to the guest.
 /// On a terminal, input is raw and Ctrl-] detaches.
-pub fn console(args: VmiArgs) -> anyhow::Result<()> {
+pub fn console(args: VmiArgs, namespace: &str) -> anyhow::Result<()> {
     let client = args.socket.client();
     let rt = runtime()?;
-    let output = rt.block_on(client.send(
-        Method::GET,
-        &vm_path(&args.namespace, &args.vmi, "/console?follow=true"),
-        Bytes::new(),
-    ))?;
+    let output =
+        rt.block_on(client.send(Method::GET, &vm_path(namespace, &args.vmi, "/console?follow=true"), Bytes::new()))?;
     let interactive = std::io::stdin().is_terminal();
     let _raw = interactive.then(RawTerminal::enter).transpose()?;
     if interactive {
-        eprint!("Connected to {}/{}; detach with Ctrl-]\r\n", args.namespace, args.vmi);
+        eprint!("Connected to {namespace}/{}; detach with Ctrl-]\r\n", args.vmi);
     }
     let (input_tx, mut input_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     std::thread::spawn(move || {
@@ -130,7 +124,7 @@ pub fn console(args: VmiArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let input_path = vm_path(&args.namespace, &args.vmi, "/console");
+    let input_path = vm_path(namespace, &args.vmi, "/console");
     rt.block_on(async move {
         let mut body = output.into_body();
         let mut stdout = std::io::stdout();

@@ -17,16 +17,31 @@ mod vm_process;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(name = "kvmlet", version, about = "Runs KubeVirt VirtualMachines as rust-vmm microVMs on /dev/kvm")]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes, before or after its name, as kubectl's and
+/// virtctl's do (`kvmlet --kubeconfig F start vm` = `kvmlet start vm --kubeconfig F`).
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KVMLET_LOG_FORMAT")]
     pub log_format: LogFormat,
-    #[command(subcommand)]
-    pub command: Command,
+    /// Kubeconfig for commands that talk to an API (else KUBECONFIG,
+    /// ~/.kube/config, or the in-cluster service account).
+    #[arg(long, global = true, value_name = "FILE", env = "KVMLET_KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Namespace of the VM or VMI a command names.
+    #[arg(short, long, global = true, value_name = "NS", default_value = "default")]
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -76,9 +91,10 @@ pub enum Command {
     VmProcess(vm_process::VmProcessArgs),
 }
 
-impl Command {
+impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        match self {
+        let global = self.global;
+        match self.command {
             Command::Run(args) => run::main(args),
             Command::Version => {
                 println!("kvmlet {}", env!("CARGO_PKG_VERSION"));
@@ -94,14 +110,14 @@ impl Command {
             Command::FirmwareDump(args) => firmware_dump::main(args).map(|()| ExitCode::SUCCESS),
             Command::Nocloud(args) => nocloud::main(args).map(|()| ExitCode::SUCCESS),
             Command::Standalone(args) => standalone::main(args).map(|()| ExitCode::SUCCESS),
-            Command::Agent(args) => agent::main(args).map(|()| ExitCode::SUCCESS),
+            Command::Agent(args) => agent::main(args, &global).map(|()| ExitCode::SUCCESS),
             Command::Ps(args) => debug::ps(args).map(|()| ExitCode::SUCCESS),
-            Command::Inspect(args) => debug::inspect(args).map(|()| ExitCode::SUCCESS),
-            Command::Console(args) => debug::console(args).map(|()| ExitCode::SUCCESS),
-            Command::Controller(args) => controller::main(args).map(|()| ExitCode::SUCCESS),
-            Command::Start(args) => vm_commands::start_main(args).map(|()| ExitCode::SUCCESS),
-            Command::Stop(args) => vm_commands::stop_main(args).map(|()| ExitCode::SUCCESS),
-            Command::Restart(args) => vm_commands::restart_main(args).map(|()| ExitCode::SUCCESS),
+            Command::Inspect(args) => debug::inspect(args, &global.namespace).map(|()| ExitCode::SUCCESS),
+            Command::Console(args) => debug::console(args, &global.namespace).map(|()| ExitCode::SUCCESS),
+            Command::Controller(args) => controller::main(args, &global).map(|()| ExitCode::SUCCESS),
+            Command::Start(args) => vm_commands::start_main(args, &global).map(|()| ExitCode::SUCCESS),
+            Command::Stop(args) => vm_commands::stop_main(args, &global).map(|()| ExitCode::SUCCESS),
+            Command::Restart(args) => vm_commands::restart_main(args, &global).map(|()| ExitCode::SUCCESS),
             Command::Images(args) => images::main(args).map(|()| ExitCode::SUCCESS),
             Command::VmProcess(args) => vm_process::main(args),
         }
@@ -155,5 +171,38 @@ pub(crate) fn print_out(text: &str) -> anyhow::Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         result => Ok(result?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("kvmlet").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_command_as_with_kubectl() {
+        for args in [
+            &["--kubeconfig", "/k", "-n", "ns", "start", "vm"][..],
+            &["start", "vm", "--kubeconfig", "/k", "-n", "ns"],
+            &["--kubeconfig=/k", "start", "--namespace", "ns", "vm"],
+        ] {
+            let cli = parse(args);
+            assert_eq!(cli.global.kubeconfig.as_deref(), Some(std::path::Path::new("/k")), "{args:?}");
+            assert_eq!(cli.global.namespace, "ns", "{args:?}");
+            assert!(matches!(cli.command, Command::Start(ref a) if a.target.vm == "vm"), "{args:?}");
+        }
+        let cli = parse(&["--log-format", "json", "-n", "team", "inspect", "db"]);
+        assert!(matches!(cli.global.log_format, LogFormat::Json));
+        assert_eq!(cli.global.namespace, "team");
+        assert_eq!(parse(&["stop", "vm"]).global.namespace, "default");
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -35,6 +35,9 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let prepared = args.vm.prepare()?;
     let mut config = prepared.config.clone();
+    // A machine without a UUID is no machine a guest can tell apart: give it
+    // a fresh one, as virt-install and cloud-hypervisor do.
+    config.uuid.get_or_insert_with(uuid::Uuid::new_v4);
     config.console.stdout = true;
     let mut vm = Vm::new(config)?;
     spawn_signal_thread(signals, vm.handle());

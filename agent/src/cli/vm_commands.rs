@@ -3,8 +3,6 @@
 //! RerunOnFailure get `status.stateChangeRequests`, appended with a JSON
 //! patch that tests what it read, so of two racing commands only one wins.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Context};
 use clap::Args;
 use kube::api::{Api, Patch, PatchParams};
@@ -15,16 +13,12 @@ use proto::kubevirt::{
 };
 use serde_json::{json, Value};
 
+use super::GlobalArgs;
+
 #[derive(Debug, Clone, Args)]
 pub struct VmTarget {
-    /// The VirtualMachine's name.
+    /// The VirtualMachine's name (its namespace: -n/--namespace).
     pub vm: String,
-    /// Its namespace.
-    #[arg(short, long, default_value = "default")]
-    pub namespace: String,
-    /// Kubeconfig (else KUBECONFIG, ~/.kube/config).
-    #[arg(long, value_name = "FILE")]
-    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -194,13 +188,19 @@ async fn write(api: &Api<VirtualMachine>, vm: &VirtualMachine, change: &Change) 
 
 /// Reads, decides and writes; a write that lost a race re-reads and
 /// decides again (the winner's change may make this one impossible).
-async fn change_state(client: Client, target: &VmTarget, verb: Verb, grace: Option<i64>) -> anyhow::Result<()> {
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &target.namespace);
-    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, &target.namespace);
-    let what = format!("VirtualMachine {}/{}", target.namespace, target.vm);
+async fn change_state(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    verb: Verb,
+    grace: Option<i64>,
+) -> anyhow::Result<()> {
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), namespace);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, namespace);
+    let what = format!("VirtualMachine {namespace}/{name}");
     for _ in 0..5 {
-        let vm = vms.get_opt(&target.vm).await?.with_context(|| format!("{what} not found"))?;
-        let vmi = vmis.get_opt(&target.vm).await?;
+        let vm = vms.get_opt(name).await?.with_context(|| format!("{what} not found"))?;
+        let vmi = vmis.get_opt(name).await?;
         let change = decide(verb, &vm, vmi.as_ref()).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         if let (Some(seconds), Some(vmi)) = (grace, &vmi) {
             let patch = json!({"spec": {"terminationGracePeriodSeconds": seconds}});
@@ -210,7 +210,7 @@ async fn change_state(client: Client, target: &VmTarget, verb: Verb, grace: Opti
         }
         match write(&vms, &vm, &change).await {
             Ok(()) => {
-                println!("VM {} was scheduled to {}", target.vm, verb.as_str());
+                println!("VM {name} was scheduled to {}", verb.as_str());
                 return Ok(());
             }
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
@@ -220,29 +220,29 @@ async fn change_state(client: Client, target: &VmTarget, verb: Verb, grace: Opti
     bail!("{what}: kept changing while trying to {}; try again", verb.as_str())
 }
 
-fn run(target: &VmTarget, verb: Verb, grace: Option<i64>) -> anyhow::Result<()> {
+fn run(target: &VmTarget, global: &GlobalArgs, verb: Verb, grace: Option<i64>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let client = super::kube_client(target.kubeconfig.as_deref()).await?;
-        change_state(client, target, verb, grace).await
+        let client = super::kube_client(global.kubeconfig.as_deref()).await?;
+        change_state(client, &global.namespace, &target.vm, verb, grace).await
     })
 }
 
-pub fn start_main(args: StartArgs) -> anyhow::Result<()> {
-    run(&args.target, Verb::Start, None)
+pub fn start_main(args: StartArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    run(&args.target, global, Verb::Start, None)
 }
 
-pub fn stop_main(args: StopArgs) -> anyhow::Result<()> {
+pub fn stop_main(args: StopArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     if let Some(seconds) = args.grace_period {
         anyhow::ensure!(seconds >= 0, "--grace-period {seconds}: must not be negative");
     }
-    run(&args.target, Verb::Stop, args.grace_period)
+    run(&args.target, global, Verb::Stop, args.grace_period)
 }
 
-pub fn restart_main(args: RestartArgs) -> anyhow::Result<()> {
+pub fn restart_main(args: RestartArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     match args.grace_period {
-        None => run(&args.target, Verb::Restart, None),
-        Some(0) if args.force => run(&args.target, Verb::Restart, Some(0)),
+        None => run(&args.target, global, Verb::Restart, None),
+        Some(0) if args.force => run(&args.target, global, Verb::Restart, Some(0)),
         Some(0) => bail!("--grace-period=0 needs --force"),
         Some(n) => bail!("--grace-period {n}: only 0 (with --force) is supported by restart"),
     }

@@ -13,13 +13,15 @@ use tokio::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the node agent at {path}: {source} (is `kvmlet agent` or `kvmlet standalone` running with this --run-dir?)")]
+    #[error(
+        "cannot reach the node agent at {path} (is `kvmlet agent` or `kvmlet standalone` running with this --run-dir?)"
+    )]
     Connect { path: PathBuf, source: std::io::Error },
-    #[error("HTTP: {0}")]
+    #[error("HTTP")]
     Http(#[from] hyper::Error),
     #[error("{0}")]
     Agent(String),
-    #[error("unexpected answer: {0}")]
+    #[error("unexpected answer")]
     Decode(#[from] serde_json::Error),
 }
 

@@ -294,7 +294,7 @@ impl Images {
             let result = match this.credentials(&namespace, secret.as_deref()).await {
                 Ok(credentials) => registry::pull(&this.store, &this.registry, &image, &credentials)
                     .await
-                    .map_err(|e| crate::vmi::with_causes(&e)),
+                    .map_err(|e| crate::errors::with_causes(&e)),
                 Err(e) => Err(e),
             };
             let key = (uid.clone(), image.to_string());

@@ -35,7 +35,7 @@ pub fn make(files: &[DiskFile]) -> io::Result<()> {
             }
             DiskFile::Seed { path, seed } => {
                 create_parent(path)?;
-                seed.write_image(path).map_err(|e| io::Error::other(crate::vmi::with_causes(&e)))?;
+                seed.write_image(path).map_err(|e| io::Error::other(crate::errors::with_causes(&e)))?;
             }
         }
     }

@@ -160,13 +160,7 @@ fn unreachable_step(step: Step) -> Result<Action, NodeError> {
 
 pub fn error_policy(_vmi: Arc<VirtualMachineInstance>, error: &NodeError, _ctx: Arc<NodeContext>) -> Action {
     crate::metrics::global().reconcile_error("node");
-    let mut message = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(e) = cause {
-        message = format!("{message}: {e}");
-        cause = e.source();
-    }
-    tracing::warn!(error = %message, "reconcile failed; retrying");
+    tracing::warn!(error = %crate::errors::with_causes(error), "reconcile failed; retrying");
     Action::requeue(Duration::from_millis(500))
 }
 
@@ -188,7 +182,7 @@ async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Re
     }
     let dir = match StateDir::new(&ctx.config.run_dir, uid) {
         Ok(dir) => dir,
-        Err(e) => return fail(vmi, "metadata.uid", &e.to_string(), ctx).await,
+        Err(e) => return fail(vmi, "metadata.uid", &crate::errors::with_causes(&e), ctx).await,
     };
     let secrets = ctx.secrets(vmi).await?;
     let plan = match translate::translate(vmi, &ctx.config.defaults, &secrets, &dir.disks()) {

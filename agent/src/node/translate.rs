@@ -88,7 +88,7 @@ impl VmPlan {
                 self.disk_fields.get(*index).cloned().unwrap_or_else(|| "spec.domain.devices.disks".into())
             }
         };
-        err(field, error.to_string())
+        err(field, crate::errors::with_causes(error))
     }
 }
 
@@ -248,7 +248,7 @@ fn volume_file(
         secret(&cloud_init.secret_ref, cloud_init::USER_DATA_KEYS, "secretRef")?,
         secret(&cloud_init.network_data_secret_ref, cloud_init::NETWORK_DATA_KEYS, "networkDataSecretRef")?,
     );
-    let (user_data, network_data) = source.resolve().map_err(|e| err(field, crate::vmi::with_causes(&e)))?;
+    let (user_data, network_data) = source.resolve().map_err(|e| err(field, crate::errors::with_causes(&e)))?;
     let name = cx.vmi.metadata.name.as_deref().unwrap_or_default();
     let hostname = cloud_init::local_hostname(name, cx.vmi.spec.hostname.as_deref());
     let seed: NoCloudSeed =

@@ -38,16 +38,3 @@ impl SpecError {
         SpecError { field, ..self }
     }
 }
-
-/// An error and its causes, one after the other, for a message a user reads
-/// (a condition, an event, a 422).
-pub fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
-}

@@ -175,7 +175,7 @@ fn volume_source(volume: &Volume, field: &str) -> Result<(), SpecError> {
         }
     }
     if let Some(cloud_init) = &volume.cloud_init_no_cloud {
-        CloudInitNoCloud::check(cloud_init).map_err(|e| SpecError::new(field, super::with_causes(&e)))?;
+        CloudInitNoCloud::check(cloud_init).map_err(|e| SpecError::new(field, crate::errors::with_causes(&e)))?;
     }
     Ok(())
 }

@@ -26,10 +26,10 @@ const CONSOLE_INPUT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmProcessError {
-    #[error("state directory {path}: {source}")]
+    #[error("state directory {path}")]
     StateDir { path: String, source: io::Error },
-    #[error("control socket: {0}")]
-    ControlSocket(io::Error),
+    #[error("control socket")]
+    ControlSocket(#[source] io::Error),
 }
 
 /// What the control threads share with the thread that runs the guest.
@@ -116,7 +116,7 @@ fn run_guest(shared: &Shared, config: vmm::VmConfig) -> VmExit {
     loop {
         let mut vm = match Vm::new(config.clone()) {
             Ok(vm) => vm,
-            Err(e) => return exit(VmExitKind::Error, e.to_string()),
+            Err(e) => return exit(VmExitKind::Error, crate::errors::with_causes(&e)),
         };
         *shared.vm.lock().unwrap_or_else(|p| p.into_inner()) = Some(vm.handle());
         // A kill that arrived while no VM existed (between boots) still counts.
@@ -124,7 +124,7 @@ fn run_guest(shared: &Shared, config: vmm::VmConfig) -> VmExit {
             return exit(VmExitKind::Killed, ExitReason::Killed.to_string());
         }
         if let Err(e) = vm.start() {
-            return exit(VmExitKind::Error, e.to_string());
+            return exit(VmExitKind::Error, crate::errors::with_causes(&e));
         }
         shared.update(|status| {
             status.state = VmProcessState::Running;

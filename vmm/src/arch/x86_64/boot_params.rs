@@ -62,7 +62,7 @@ pub struct BootInfo<'a> {
 pub enum BootInfoError {
     #[error("the memory map has {0} entries, more than the zero page holds")]
     TooManyE820Entries(usize),
-    #[error("write boot information to guest memory: {0}")]
+    #[error("write boot information to guest memory")]
     Write(#[from] GuestMemoryError),
 }
 

@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use kvm_bindings::{
-    CpuId, KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION,
+    kvm_msr_entry, CpuId, Msrs, KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION,
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_INTERNAL_ERROR_SIMUL_EX, KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
@@ -69,6 +69,10 @@ impl Vcpu {
             return Err(Error::Msrs { written, wanted: msrs.as_slice().len() });
         }
 
+        if is_amd(supported_cpuid) {
+            self.set_tsc_freq_sel();
+        }
+
         let sregs = self.fd.get_sregs().map_err(|e| Error::Kvm("KVM_GET_SREGS", e))?;
         let sregs = regs::boot_sregs(mem, entry.protocol, sregs)?;
         self.fd.set_sregs(&sregs).map_err(|e| Error::Kvm("KVM_SET_SREGS", e))?;
@@ -79,6 +83,18 @@ impl Vcpu {
         interrupts::configure_lint(&mut lapic);
         self.fd.set_lapic(&lapic).map_err(|e| Error::Kvm("KVM_SET_LAPIC", e))?;
         Ok(())
+    }
+
+    /// Sets TscFreqSel in AMD's HWCR, as firmware does on real AMD machines:
+    /// without it Linux warns `[Firmware Bug]: TSC doesn't count with P0
+    /// frequency!`. KVM accepts the bit from the VMM since Linux 6.7; an older
+    /// KVM refuses it, and its guests keep the (harmless) warning.
+    fn set_tsc_freq_sel(&self) {
+        let hwcr = kvm_msr_entry { index: MSR_K7_HWCR, data: HWCR_TSC_FREQ_SEL, ..Default::default() };
+        let written = Msrs::from_entries(&[hwcr]).ok().and_then(|msrs| self.fd.set_msrs(&msrs).ok());
+        if written != Some(1) {
+            tracing::debug!(vcpu = self.index, "this KVM does not let the VMM set HWCR.TscFreqSel");
+        }
     }
 
     /// Runs the guest until an exit is requested (by this or another vCPU, a
@@ -170,6 +186,19 @@ impl Vcpu {
         let gpa = self.fd.translate_gva(rip).ok().filter(|t| t.valid != 0).map(|t| t.physical_address);
         Some(GuestLocation { rip, gpa, cpl: sregs.cs.dpl, cs: sregs.cs.selector })
     }
+}
+
+/// AMD's hardware configuration register (MSR C001_0015) and its TscFreqSel
+/// bit: the TSC counts at the P0 frequency (every AMD CPU since family 10h).
+const MSR_K7_HWCR: u32 = 0xc001_0015;
+const HWCR_TSC_FREQ_SEL: u64 = 1 << 24;
+
+/// True when the CPUID vendor (leaf 0) is `AuthenticAMD`.
+fn is_amd(cpuid: &CpuId) -> bool {
+    let word = |bytes: &[u8; 4]| u32::from_le_bytes(*bytes);
+    cpuid.as_slice().iter().any(|leaf| {
+        leaf.function == 0 && leaf.ebx == word(b"Auth") && leaf.edx == word(b"enti") && leaf.ecx == word(b"cAMD")
+    })
 }
 
 /// Where a vCPU stopped.
@@ -307,6 +336,22 @@ mod tests {
         // ndata larger than the array is clamped too.
         let error = InternalError::decode(KVM_INTERNAL_ERROR_SIMUL_EX, 200, &words(&[1, 2]));
         assert_eq!(error.data.len(), 16);
+    }
+
+    #[test]
+    fn amd_is_recognised_by_its_cpuid_vendor() {
+        let vendor = |ebx: &[u8; 4], edx: &[u8; 4], ecx: &[u8; 4]| {
+            let leaf = kvm_bindings::kvm_cpuid_entry2 {
+                function: 0,
+                ebx: u32::from_le_bytes(*ebx),
+                edx: u32::from_le_bytes(*edx),
+                ecx: u32::from_le_bytes(*ecx),
+                ..Default::default()
+            };
+            CpuId::from_entries(&[leaf]).unwrap()
+        };
+        assert!(is_amd(&vendor(b"Auth", b"enti", b"cAMD")));
+        assert!(!is_amd(&vendor(b"Genu", b"ineI", b"ntel")));
     }
 
     #[test]

@@ -11,6 +11,14 @@
 //! on the cidata root (the test kills `kvmlet run` then): user space would die
 //! at its first SYSCALL on this host anyway. Not checked yet: `ip=dhcp`
 //! (kvmlet has no network devices).
+//!
+//! What it found so far: AMD's HWCR.TscFreqSel was clear (fixed in vmm/src/vcpu.rs);
+//! CPUID leaks AMD's CPPC bit (`amd_pstate: The CPPC feature is supported but
+//! currently disabled by the BIOS`); a kernel without CONFIG_PCI cannot load
+//! kvmlet's DSDT (`ACPI Error: AE_BAD_PARAMETER, During Region initialization`),
+//! hence CONFIG_PCI in tests/linux/kernel.config although kvmlet has no PCI bus.
+//! With two online CPUs the second one stops running after boot (RCU stalls):
+//! the PV send-IPI hypercall from emulated ring 0; hence `maxcpus=1`.
 
 use std::path::Path;
 use std::process::Command;

@@ -1,10 +1,13 @@
 //! The Linux guest tests' prerequisites: the stock kernel + busybox initramfs
-//! built by `tests/linux/build`, and an honest check of whether this host's KVM
-//! can run a stock kernel at all.
+//! built by `tests/linux/build`, the minimal kernel of the Linux kernel check
+//! built by `tests/linux/build-kernel`, and an honest check of whether this
+//! host's KVM can run a stock kernel at all.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::{build_outputs, kvmlet_bin};
 
@@ -21,6 +24,83 @@ pub fn linux_guest() -> &'static LinuxGuest {
         let mut outputs = build_outputs("tests/linux/build", 2).into_iter();
         LinuxGuest { kernel: outputs.next().unwrap(), initramfs: outputs.next().unwrap() }
     })
+}
+
+/// Builds (once per process) the kernel of the Linux kernel check: Debian's
+/// 6.12 source, tinyconfig plus tests/linux/kernel.config and kernel.patch,
+/// as an uncompressed `vmlinux` booted through its PVH entry point.
+pub fn linux_kernel() -> &'static Path {
+    static KERNEL: OnceLock<PathBuf> = OnceLock::new();
+    KERNEL.get_or_init(|| build_outputs("tests/linux/build-kernel", 1).remove(0))
+}
+
+/// How a run watched by [`run_until_console`] ended.
+pub struct WatchedRun {
+    /// Everything the program printed on standard output (the guest console).
+    pub console: String,
+    pub stderr: String,
+    /// The exit status when the program ended by itself; None when it was
+    /// killed (a stop pattern was printed, or the time bound ran out).
+    pub status: Option<ExitStatus>,
+    /// The first console line that contained one of the stop patterns.
+    pub stopped_at: Option<String>,
+}
+
+/// Runs `cmd`, echoing its standard output line by line to standard error as
+/// it comes (visible with `--nocapture`), and kills it as soon as a line
+/// contains one of `stop`, or once `bound` has passed (a hung guest must not
+/// hang the test run).
+pub fn run_until_console(cmd: &mut Command, stop: &[&str], bound: Duration) -> WatchedRun {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
+    let (lines_tx, lines) = mpsc::channel();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.split(b'\n') {
+            let Ok(line) = line else { break };
+            if lines_tx.send(String::from_utf8_lossy(&line).trim_end_matches('\r').to_string()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + bound;
+    let mut console = String::new();
+    let mut stopped_at = None;
+    let mut kill = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                eprintln!("{line}");
+                console.push_str(&line);
+                console.push('\n');
+                if stop.iter().any(|pattern| line.contains(pattern)) {
+                    stopped_at = Some(line);
+                    kill = true;
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                eprintln!("(killed after {bound:?} without a stop pattern)");
+                kill = true;
+                break;
+            }
+        }
+    }
+    let status = if kill {
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    } else {
+        Some(child.wait().expect("wait"))
+    };
+    WatchedRun { console, stderr: stderr.join().unwrap_or_default(), status, stopped_at }
 }
 
 /// A minimal bzImage whose 64-bit entry (load address + 0x200) runs `code`.
@@ -53,6 +133,12 @@ const RING0_SSE_THEN_POWEROFF: &[u8] = &[
     0x0f, 0x0b, // ud2: not reached when the power-off works
 ];
 
+/// A bzImage whose ring-0 code enables SSE, runs `xorps xmm0, xmm0`
+/// (0f 57 c0) and powers off.
+pub fn ring0_sse_image() -> Vec<u8> {
+    tiny_bzimage(RING0_SSE_THEN_POWEROFF)
+}
+
 /// Ok if this host's KVM runs guest kernel code the way stock Linux needs it
 /// (here: SSE in ring 0); Err(why) otherwise. Decided by running a guest.
 pub fn host_runs_stock_kernels() -> Result<(), String> {
@@ -61,7 +147,7 @@ pub fn host_runs_stock_kernels() -> Result<(), String> {
         .get_or_init(|| {
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             let kernel = dir.path().join("sse-check.bzImage");
-            std::fs::write(&kernel, tiny_bzimage(RING0_SSE_THEN_POWEROFF)).map_err(|e| e.to_string())?;
+            std::fs::write(&kernel, ring0_sse_image()).map_err(|e| e.to_string())?;
             let output = Command::new(kvmlet_bin())
                 .arg("run")
                 .arg("--kernel")

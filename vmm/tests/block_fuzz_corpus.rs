@@ -5,6 +5,8 @@
 #[path = "../fuzz/harness.rs"]
 mod harness;
 
+mod corpus;
+
 /// Writes descriptor `i` of the input's descriptor table.
 fn desc(input: &mut [u8], i: usize, addr: u64, len: u32, flags: u16, next: u16) {
     let d = &mut input[i * 16..i * 16 + 16];
@@ -38,31 +40,13 @@ fn well_formed_requests_and_every_single_byte_corruption() {
         assert_eq!(outcome.first_status, 0, "a well-formed request succeeds");
         assert!(outcome.heap_bytes > 0, "the harness counts the device's allocations");
         // Corrupt each byte of the descriptor table, ring and header in turn.
-        for at in (0..256 + 33 + 16).step_by(3) {
-            let mut input = base.clone();
-            input[at] ^= 0xa5;
-            let _ = harness::run(&input);
-            input[at] = 0xff;
-            let _ = harness::run(&input);
-        }
+        corpus::corrupt_each_byte(&base, 0..256 + 33 + 16, harness::run);
     }
 }
 
 #[test]
 fn pseudo_random_inputs() {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    for round in 0..2000 {
-        let len = 16 + (round * 37) % 1500;
-        let input: Vec<u8> = (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        let _ = harness::run(&input);
-    }
+    corpus::pseudo_random_inputs(2000, harness::run);
 }
 
 /// Issue 12 at the harness's scale: a DISCARD (then a WRITE_ZEROES) whose 14

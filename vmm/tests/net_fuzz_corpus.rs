@@ -9,6 +9,8 @@
 #[path = "../fuzz/net_harness.rs"]
 mod net_harness;
 
+mod corpus;
+
 use dhcproto::v4::{DhcpOption, Message, MessageType};
 use dhcproto::Encodable;
 use vmm::dhcp::UdpFrame;
@@ -70,29 +72,11 @@ fn well_formed_queues_and_every_single_byte_corruption() {
         assert_eq!(outcome.dhcp_replies, 1, "the DISCOVER was answered");
         assert_eq!(outcome.rx_available, 3);
         assert!(outcome.rx_used >= 2, "the OFFER and the small frame were delivered");
-        for at in (0..QUEUES).step_by(3) {
-            let mut input = base.clone();
-            input[at] ^= 0xa5;
-            let _ = net_harness::run(&input);
-            input[at] = 0xff;
-            let _ = net_harness::run(&input);
-        }
+        corpus::corrupt_each_byte(&base, 0..QUEUES, net_harness::run);
     }
 }
 
 #[test]
 fn pseudo_random_inputs() {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    for round in 0..1000 {
-        let len = 16 + (round * 37) % 1500;
-        let input: Vec<u8> = (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
-        let _ = net_harness::run(&input);
-    }
+    corpus::pseudo_random_inputs(1000, net_harness::run);
 }

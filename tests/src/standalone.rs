@@ -100,6 +100,25 @@ fn wait_ready(kubeconfig: &Path) -> SocketAddr {
 }
 
 impl Standalone {
+    /// Runs `binary` (a kubectl of any version) against this server.
+    pub fn kubectl_with(&self, binary: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        crate::kubectl(binary, &self.kubeconfig(), args, stdin)
+    }
+
+    /// `kubectl_with` that must succeed: its standard output.
+    pub fn kubectl_ok(&self, binary: &Path, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_with(binary, args, stdin);
+        assert!(out.status.success(), "{} {args:?} failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl_with` that must fail: its standard error.
+    pub fn kubectl_fails(&self, binary: &Path, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_with(binary, args, stdin);
+        assert!(!out.status.success(), "{} {args:?} should have failed", binary.display());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// The API alone (no node loop): nothing runs the VMIs created in it.
     pub fn start() -> Standalone {
         Standalone::start_with(vec!["--no-node".into()])

@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use e2e::standalone::Standalone;
 
@@ -18,20 +18,12 @@ fn kubectl_version(minor: u32) -> PathBuf {
     binary
 }
 
-fn kubectl(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) -> Output {
-    e2e::kubectl(binary, &api.kubeconfig(), args, stdin)
-}
-
 fn ok(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(binary, api, args, stdin);
-    assert!(out.status.success(), "{} {args:?} failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    api.kubectl_ok(binary, args, stdin)
 }
 
 fn fails(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(binary, api, args, stdin);
-    assert!(!out.status.success(), "{} {args:?} should have failed", binary.display());
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    api.kubectl_fails(binary, args, stdin)
 }
 
 fn vm(name: &str) -> String {

@@ -37,19 +37,15 @@ fn kubectls() -> Vec<PathBuf> {
 }
 
 fn kubectl(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) -> Output {
-    e2e::kubectl(binary, &api.kubeconfig(), args, stdin)
+    api.kubectl_with(binary, args, stdin)
 }
 
 fn ok(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(binary, api, args, stdin);
-    assert!(out.status.success(), "{} {args:?} failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    api.kubectl_ok(binary, args, stdin)
 }
 
 fn fails(binary: &Path, api: &Standalone, args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(binary, api, args, stdin);
-    assert!(!out.status.success(), "{} {args:?} should have failed", binary.display());
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    api.kubectl_fails(binary, args, stdin)
 }
 
 /// The current UTC time in RFC 3339 (seconds), from `date`.

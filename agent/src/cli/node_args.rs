@@ -116,6 +116,7 @@ impl NodeArgs {
                 cmdline: self.default_cmdline.clone(),
                 image_dir: self.image_dir.clone(),
                 host_disks,
+                pod_network: None,
             },
             cgroup_parent: self.cgroup_parent.clone(),
             exe: std::env::current_exe()?,

@@ -38,6 +38,7 @@ fn node() -> Node {
             cmdline: String::new(),
             image_dir: dir.path().join("images"),
             host_disks: Default::default(),
+            pod_network: None,
         },
         cgroup_parent: None,
         // Never spawned here: these tests stop short of starting VM processes.

@@ -6,6 +6,7 @@
 //! - `vms`: the table of VM processes, watched over their control sockets.
 //! - `decision`: what to do next for a VMI (pure, table-tested).
 //! - `reconcile`: carries the decision out for one VMI and its VM process.
+//! - `pod_netns`: a VM's network namespace with KubeVirt's masquerade layout.
 //! - `run_dir`: one agent per run directory.
 //! - `report`: status, finalizer and events written back.
 //!
@@ -14,6 +15,7 @@
 
 pub mod decision;
 mod disks;
+pub mod pod_netns;
 pub mod reconcile;
 #[cfg(test)]
 mod reconcile_tests;

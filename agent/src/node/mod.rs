@@ -6,6 +6,7 @@
 //! - `vms`: the table of VM processes, watched over their control sockets.
 //! - `decision`: what to do next for a VMI (pure, table-tested).
 //! - `reconcile`: carries the decision out for one VMI and its VM process.
+//! - `cni`: the pod IP, from the node's CNI plugins run on the VM's namespace.
 //! - `pod_netns`: a VM's network namespace with KubeVirt's masquerade layout.
 //! - `run_dir`: one agent per run directory.
 //! - `report`: status, finalizer and events written back.
@@ -13,6 +14,7 @@
 //! Every log line about a VM carries `namespace`, `vmi` (its name; `name` is
 //! taken by the span's own name in JSON logs) and `uid`.
 
+pub mod cni;
 pub mod decision;
 mod disks;
 pub mod pod_netns;

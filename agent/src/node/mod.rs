@@ -8,6 +8,7 @@
 //! - `reconcile`: carries the decision out for one VMI and its VM process.
 //! - `cni`: the pod IP, from the node's CNI plugins run on the VM's namespace.
 //! - `pod_netns`: a VM's network namespace with KubeVirt's masquerade layout.
+//! - `vm_network`: a VM's namespace, CNI and masquerade layout, attached and detached.
 //! - `run_dir`: one agent per run directory.
 //! - `report`: status, finalizer and events written back.
 //!
@@ -25,6 +26,7 @@ pub mod registration;
 pub mod report;
 pub mod run_dir;
 pub mod translate;
+pub mod vm_network;
 pub mod vms;
 
 use std::collections::BTreeMap;
@@ -64,6 +66,9 @@ pub struct NodeConfig {
     /// State directories (`vms/<uid>/`) and the debugging socket.
     pub run_dir: PathBuf,
     pub defaults: NodeDefaults,
+    /// The pod network VMs are attached to (`--network masquerade`); none:
+    /// VMs run without a NIC.
+    pub cni: Option<cni::CniNetwork>,
     /// Host cgroup directory that VM processes are moved under (DaemonSet).
     pub cgroup_parent: Option<PathBuf>,
     /// The kvmlet binary, re-executed as `kvmlet vm-process` for each VM.
@@ -121,6 +126,9 @@ impl NodeContext {
     fn clean_up(&self, entry: &VmEntry) {
         if entry.cleaned {
             return;
+        }
+        if let Some(cni) = &self.config.cni {
+            vm_network::detach(cni, &entry.dir, &entry.identity.uid);
         }
         if let Err(e) = entry.dir.remove() {
             tracing::warn!(error = %e, "cannot remove the VM's state directory");

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::decision::{self, Observed, Step, AFTER_KILL, POWER_BUTTON_REPEAT};
 use super::report::PhaseChange;
 use super::vms::{Shutdown, VmEntry};
-use super::{disks, translate, NodeContext};
+use super::{disks, translate, vm_network, NodeContext};
 use crate::images;
 use crate::vmprocess::state_dir::{StateDir, VmIdentity, VmRecord};
 
@@ -205,9 +205,28 @@ async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Re
         return fail(vmi, &e.field, &e.message, ctx).await;
     }
     let identity = VmIdentity { namespace: vmi.namespace().unwrap_or_default(), name: vmi.name_any(), uid: uid.into() };
-    let record = VmRecord { identity, config: plan.config };
+    let mut record = VmRecord { identity, config: plan.config, netns: None };
+    if let (Some(cni), Some(interface)) = (&ctx.config.cni, &plan.interface) {
+        match vm_network::attach(cni, &dir, uid, &interface.ports) {
+            Ok(attached) => {
+                tracing::info!(pod_ip = %attached.address.ip, "pod network attached");
+                if let (Some(net), Some(mtu)) = (record.config.nets.first_mut(), attached.mtu) {
+                    net.mtu = mtu;
+                }
+                record.netns = Some(attached.netns);
+            }
+            Err(e) => {
+                let _ = dir.remove();
+                let message = format!("cannot attach the pod network: {}", crate::vmi::with_causes(&e));
+                return fail(vmi, "spec.networks", &message, ctx).await;
+            }
+        }
+    }
     let (vcpus, memory) = (record.config.vcpus, record.config.memory_mib);
     if let Err(e) = ctx.vms.start(record, dir.clone(), &ctx.config.exe, ctx.config.cgroup_parent.as_deref()) {
+        if let Some(cni) = &ctx.config.cni {
+            vm_network::detach(cni, &dir, uid);
+        }
         let _ = dir.remove();
         return fail(vmi, "node", &format!("cannot start the VM process: {e}"), ctx).await;
     }

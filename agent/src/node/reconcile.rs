@@ -93,9 +93,12 @@ async fn carry_out(
             ctx.reporter.remove_finalizer(vmi).await?;
             Ok(Action::await_change())
         }
-        (Step::ReportRunning, _) => {
+        (Step::ReportRunning, entry) => {
             let change = PhaseChange { phase: Phase::Running, reason: None, message: None, ready: true };
             ctx.reporter.phase(vmi, &change).await?;
+            if let Some(entry) = &entry {
+                report_interfaces(vmi, entry, ctx).await?;
+            }
             ctx.vms.set_phase(uid, Phase::Running);
             if let Some(created) = &vmi.metadata.creation_timestamp {
                 let seconds = k8s_openapi::jiff::Timestamp::now().duration_since(created.0).as_secs_f64();
@@ -149,6 +152,18 @@ async fn carry_out(
         // Steps about a VM process are only decided when there is one.
         (step, None) => unreachable_step(step),
     }
+}
+
+/// `status.interfaces` for a VM with a NIC: its MAC and the pod IP CNI gave it.
+async fn report_interfaces(vmi: &VirtualMachineInstance, entry: &VmEntry, ctx: &NodeContext) -> Result<(), NodeError> {
+    let Some(net) = entry.config.nets.first() else { return Ok(()) };
+    let spec = &vmi.spec;
+    let name = crate::vmi::network::pod_interface(&spec.domain.devices.interfaces, &spec.networks)
+        .map_or_else(|_| crate::vmi::network::DEFAULT_NAME.to_string(), |i| i.name);
+    let pod_ip = vm_network::pod_address(&entry.dir).map(|a| a.ip);
+    let status = crate::vmi::network::interface_status(&name, net.mac, pod_ip);
+    ctx.reporter.interfaces(vmi, vec![status]).await?;
+    Ok(())
 }
 
 /// `decide` returns process steps only with a process; should that ever

@@ -390,6 +390,24 @@ pub fn masquerade_lease(hostname: Option<String>, resolv: &ResolvConf, options: 
     }
 }
 
+/// One `status.interfaces` entry for the pod interface, as KubeVirt reports
+/// it: the guest's MAC, the pod IP(s), the pod side `eth0`.
+pub fn interface_status(name: &str, mac: MacAddr, pod_ip: Option<Ipv4Addr>) -> Value {
+    let mut status = serde_json::json!({
+        "name": name,
+        "mac": mac.to_string(),
+        "infoSource": "domain",
+        "podInterfaceName": "eth0",
+        "queueCount": 1,
+        "linkState": "up",
+    });
+    if let Some(ip) = pod_ip {
+        status["ipAddress"] = ip.to_string().into();
+        status["ipAddresses"] = serde_json::json!([ip.to_string()]);
+    }
+    status
+}
+
 #[cfg(test)]
 #[path = "network_tests.rs"]
 mod tests;

@@ -150,3 +150,15 @@ fn the_masquerade_lease_is_kubevirts() {
     assert_eq!(lease.hostname.as_deref(), Some("vm1"));
     assert_eq!(lease.tftp_server_name.as_deref(), Some("tftp"));
 }
+
+#[test]
+fn status_interfaces_carry_the_pod_ip_as_kubevirt_reports_it() {
+    let mac = MacAddr([0x02, 1, 2, 3, 4, 5]);
+    let status = interface_status("default", mac, Some(Ipv4Addr::new(10, 88, 0, 7)));
+    assert_eq!(
+        status,
+        json!({"name": "default", "mac": "02:01:02:03:04:05", "ipAddress": "10.88.0.7", "ipAddresses": ["10.88.0.7"],
+               "infoSource": "domain", "podInterfaceName": "eth0", "queueCount": 1, "linkState": "up"})
+    );
+    assert!(interface_status("default", mac, None).get("ipAddress").is_none());
+}

@@ -77,7 +77,7 @@ async fn inside_a_private_namespace() {
     assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().unwrap().success());
     let udp = UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap();
     udp.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let server =
+    let mut server =
         Standalone::with_node(&["--network", "masquerade", "--pod-cidr", POD_CIDR, "--cni-bin-dir", "/usr/lib/cni"]);
     let client = server.client().await;
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client);
@@ -112,9 +112,14 @@ async fn inside_a_private_namespace() {
     let (len, from) = udp.recv_from(&mut buffer).unwrap();
     assert_eq!(from.ip(), web_ip, "the datagram comes from the pod IP");
     assert_eq!(&buffer[..len], b"probe-udp web\n");
+    // The agent is SIGKILLed and restarted: the VMs keep their network.
+    server.restart();
+    let client = server.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client);
     // A listed port reaches the guest; an unlisted one does not.
     assert_eq!(banner(web_ip, 8080).unwrap(), "probe-banner web\n");
     assert!(banner(closed_ip, 8080).is_err(), "8080 is not in closed's ports");
+    assert!(server.log().contains("pod network checked"), "CNI CHECK on re-attach\n{}", server.log());
 
     // The guest's side: KubeVirt's lease, in each VM's own namespace.
     let mut uids = Vec::new();

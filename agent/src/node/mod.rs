@@ -175,6 +175,9 @@ impl NodeLoop {
         .map_err(|source| NodeSetupError::ImageDir { path: config.defaults.image_dir.clone(), source })?;
         let vms = VmTable::new(poke);
         vms.attach_all(&config.run_dir);
+        if let Some(cni) = &config.cni {
+            check_networks(cni, &vms);
+        }
         crate::metrics::global().add_collector(crate::metrics::vm::collector(vms.clone(), config.node_name.clone()));
         let reporter = report::VmiReporter::new(client.clone(), &config.node_name);
         Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter, images }), pokes, _run_dir: lock })
@@ -288,6 +291,23 @@ async fn sweep_orphans(ctx: Arc<NodeContext>, store: Store<VirtualMachineInstanc
             }
             .instrument(span)
             .await;
+        }
+    }
+}
+
+/// CNI CHECK for each re-attached VM that is still running: a namespace that
+/// is no longer as ADD left it is logged (the VM keeps running with what it has).
+fn check_networks(cni: &cni::CniNetwork, vms: &VmTable) {
+    let entries: Vec<VmEntry> = vms.lock().values().cloned().collect();
+    for entry in entries.iter().filter(|e| !matches!(e.process, Process::Exited(_))) {
+        let identity = &entry.identity;
+        let span =
+            tracing::info_span!("vmi", namespace = %identity.namespace, vmi = %identity.name, uid = %identity.uid);
+        let _enter = span.enter();
+        match vm_network::reattach(cni, &entry.dir, &identity.uid) {
+            Ok(Some(address)) => tracing::info!(pod_ip = %address.ip, "pod network checked"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %crate::vmi::with_causes(&e), "the VM's pod network failed CNI CHECK"),
         }
     }
 }

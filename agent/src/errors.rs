@@ -24,6 +24,6 @@ mod tests {
     #[test]
     fn each_cause_is_told_once_in_order() {
         let e = Outer(std::io::Error::new(std::io::ErrorKind::NotFound, "disk.img: gone"));
-        assert_eq!(super::with_causes(&e), "cannot prepare the disks: disk.img: gone");
+        assert_eq!(crate::errors::with_causes(&e), "cannot prepare the disks: disk.img: gone");
     }
 }

@@ -40,7 +40,7 @@ fn well_formed_requests_and_every_single_byte_corruption() {
         assert_eq!(outcome.first_status, 0, "a well-formed request succeeds");
         assert!(outcome.heap_bytes > 0, "the harness counts the device's allocations");
         // Corrupt each byte of the descriptor table, ring and header in turn.
-        corpus::corrupt_each_byte(&base, 0..256 + 33 + 16, harness::run);
+        corpus::corrupt_each_byte(base, 0..256 + 33 + 16, harness::run);
     }
 }
 

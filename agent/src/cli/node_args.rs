@@ -6,8 +6,14 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::images::reference::{Endpoint, RegistryConfig};
+use vmm::TapSource;
+
+use crate::node::cni::{self, CniNetwork};
+use crate::node::pod_netns;
+use crate::node::translate::PodNetwork;
 use crate::node::{NodeConfig, NodeDefaults};
 use crate::vmi::host_disk::{HostDiskPolicy, HOST_DISK_GATE, KNOWN_GATES};
+use crate::vmi::network::ResolvConf;
 
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
@@ -69,6 +75,27 @@ pub struct NodeArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// The network each VM gets: `masquerade` (KubeVirt's default: a NIC on
+    /// the pod network through the node's CNI plugins, in a namespace of its
+    /// own) or `none` (VMIs that name no network run without a NIC).
+    #[arg(long, value_enum, default_value_t = NetworkMode::None, env = "KVMLET_NETWORK")]
+    pub network: NetworkMode,
+    /// The node's CNI network configuration (the first file by name is used).
+    #[arg(long, value_name = "DIR", default_value = cni::DEFAULT_CONF_DIR, env = "KVMLET_CNI_CONF_DIR")]
+    pub cni_conf_dir: PathBuf,
+    /// The CNI plugins (Debian's containernetworking-plugins: /usr/lib/cni).
+    #[arg(long, value_name = "DIR", default_value = cni::DEFAULT_BIN_DIR, env = "KVMLET_CNI_BIN_DIR")]
+    pub cni_bin_dir: PathBuf,
+    /// Use kvmlet's own pod network instead of --cni-conf-dir: a bridge
+    /// kvmlet0 with host-local IPAM on this range (standalone nodes; 10.88.0.0/16 is usual).
+    #[arg(long, value_name = "CIDR", env = "KVMLET_POD_CIDR")]
+    pub pod_cidr: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkMode {
+    None,
+    Masquerade,
 }
 
 fn parse_mirror(flag: &str) -> Result<(String, Endpoint), String> {
@@ -106,6 +133,10 @@ impl NodeArgs {
             insecure: self.insecure_registries.clone(),
         };
         registry.check().map_err(anyhow::Error::msg)?;
+        let cni = match self.network {
+            NetworkMode::None => None,
+            NetworkMode::Masquerade => Some(self.cni_network()?),
+        };
         Ok(NodeConfig {
             registry,
             node_name,
@@ -116,13 +147,38 @@ impl NodeArgs {
                 cmdline: self.default_cmdline.clone(),
                 image_dir: self.image_dir.clone(),
                 host_disks,
+                pod_network: cni.as_ref().map(|_| PodNetwork {
+                    tap: TapSource::Name(pod_netns::TAP.into()),
+                    mtu: vmm::net_config::DEFAULT_MTU,
+                    resolv: ResolvConf::of_node(),
+                }),
             },
+            cni,
             cgroup_parent: self.cgroup_parent.clone(),
             exe: std::env::current_exe()?,
             heartbeat_interval: Duration::from_secs(self.heartbeat_interval),
             cpu_allocation_ratio: self.cpu_allocation_ratio,
             memory_capacity_mib: self.memory_capacity,
         })
+    }
+}
+
+impl NodeArgs {
+    /// The CNI network VMs are attached to: `--pod-cidr`'s built-in one, else
+    /// the first configuration in `--cni-conf-dir`.
+    fn cni_network(&self) -> anyhow::Result<CniNetwork> {
+        let Some(pod_cidr) = &self.pod_cidr else {
+            return Ok(CniNetwork::from_dir(&self.cni_conf_dir, &self.cni_bin_dir)?);
+        };
+        let cidr: Option<(std::net::Ipv4Addr, u8)> =
+            pod_cidr.split_once('/').and_then(|(ip, len)| Some((ip.parse().ok()?, len.parse().ok()?)));
+        anyhow::ensure!(
+            cidr.is_some_and(|(_, len)| (8..=28).contains(&len)),
+            "--pod-cidr: {pod_cidr:?} is not an IPv4 range such as 10.88.0.0/16"
+        );
+        let ipam_dir = self.run_dir.join("cni");
+        let conflist = cni::default_conflist(pod_cidr, &ipam_dir);
+        Ok(CniNetwork::new(conflist, "--pod-cidr".into(), self.cni_bin_dir.clone()))
     }
 }
 

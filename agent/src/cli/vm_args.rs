@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use uuid::Uuid;
-use vmm::{DhcpLease, DiskConfig, MacAddr, NetConfig, TapSource, VmConfig};
+use vmm::{DiskConfig, MacAddr, NetConfig, TapSource, VmConfig};
 
 use crate::vmi::cloud_init;
+use crate::vmi::network::{masquerade_lease, DhcpOptions, ResolvConf};
 
 #[derive(Debug, Clone, Args)]
 pub struct VmArgs {
@@ -40,7 +41,8 @@ pub struct VmArgs {
     pub cloud_init_user_data: Option<PathBuf>,
     /// A virtio-net NIC on an existing tap (after the disks), with DHCP answered
     /// inside the VMM with KubeVirt's masquerade lease (10.0.2.2/24, router
-    /// 10.0.2.1, DNS and search domains from /etc/resolv.conf). Repeatable.
+    /// 10.0.2.1, DNS and search domains from the node's resolv.conf, a
+    /// systemd-resolved stub replaced by its upstreams). Repeatable.
     #[arg(long = "net", value_name = "tap=NAME[,mac=M][,mtu=N][,hostname=H]", value_parser = parse_net)]
     pub nets: Vec<NetArg>,
     /// Network configuration for the seed (needs --cloud-init-user-data).
@@ -73,37 +75,6 @@ fn parse_net(spec: &str) -> Result<NetArg, String> {
         return Err("a NIC needs tap=NAME".into());
     }
     Ok(net)
-}
-
-/// KubeVirt's masquerade binding: the guest is 10.0.2.2/24 behind the pod's
-/// bridge at 10.0.2.1, leased for 999 days, with the pod's DNS servers and
-/// search domains (IPv4 name servers only: the lease is IPv4).
-pub fn masquerade_lease(hostname: Option<String>, resolv_conf: &str) -> DhcpLease {
-    let mut dns_servers = Vec::new();
-    let mut search_domains = Vec::new();
-    for line in resolv_conf.lines() {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("nameserver") => dns_servers.extend(words.next().and_then(|w| w.parse::<std::net::Ipv4Addr>().ok())),
-            Some("search") => search_domains = words.map(str::to_string).collect(),
-            _ => {}
-        }
-    }
-    dns_servers.truncate(vmm::net_config::MAX_DNS_SERVERS);
-    search_domains.truncate(vmm::net_config::MAX_SEARCH_DOMAINS);
-    DhcpLease {
-        address: std::net::Ipv4Addr::new(10, 0, 2, 2),
-        prefix_len: 24,
-        router: std::net::Ipv4Addr::new(10, 0, 2, 1),
-        dns_servers,
-        search_domains,
-        hostname,
-        lease_seconds: 999 * 24 * 3600,
-        ntp_servers: Vec::new(),
-        boot_file_name: None,
-        tftp_server_name: None,
-        private_options: Vec::new(),
-    }
 }
 
 /// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx).
@@ -151,7 +122,7 @@ impl VmArgs {
             ..VmConfig::new(&self.kernel)
         };
         if !self.nets.is_empty() {
-            let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let resolv = ResolvConf::of_node();
             config.nets = self
                 .nets
                 .iter()
@@ -159,7 +130,7 @@ impl VmArgs {
                     tap: TapSource::Name(net.tap.clone()),
                     mac: net.mac.unwrap_or_else(random_mac),
                     mtu: net.mtu,
-                    dhcp: Some(masquerade_lease(net.hostname.clone(), &resolv_conf)),
+                    dhcp: Some(masquerade_lease(net.hostname.clone(), &resolv, &DhcpOptions::default())),
                 })
                 .collect();
         }
@@ -204,18 +175,6 @@ mod tests {
         assert!(parse_net("tap=t,queues=2").unwrap_err().contains("`queues=2`"));
         assert!(parse_net("tap=t,mac=zz").unwrap_err().contains("`zz` is not a MAC address"));
         assert!(random_mac().0[0] == 0x02);
-    }
-
-    #[test]
-    fn the_masquerade_lease_is_kubevirts() {
-        let resolv =
-            "# comment\nnameserver 10.96.0.10\nnameserver fd00::10\nsearch ns.svc.cluster.local svc.cluster.local\n";
-        let lease = masquerade_lease(Some("vm1".into()), resolv);
-        assert_eq!(lease.address.to_string(), "10.0.2.2");
-        assert_eq!((lease.prefix_len, lease.router.to_string()), (24, "10.0.2.1".to_string()));
-        assert_eq!(lease.dns_servers, [std::net::Ipv4Addr::new(10, 96, 0, 10)]);
-        assert_eq!(lease.search_domains, ["ns.svc.cluster.local", "svc.cluster.local"]);
-        assert_eq!(lease.lease_seconds, 999 * 86400);
     }
 
     #[test]

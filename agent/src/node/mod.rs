@@ -6,14 +6,19 @@
 //! - `vms`: the table of VM processes, watched over their control sockets.
 //! - `decision`: what to do next for a VMI (pure, table-tested).
 //! - `reconcile`: carries the decision out for one VMI and its VM process.
+//! - `cni`: the pod IP, from the node's CNI plugins run on the VM's namespace.
+//! - `pod_netns`: a VM's network namespace with KubeVirt's masquerade layout.
+//! - `vm_network`: a VM's namespace, CNI and masquerade layout, attached and detached.
 //! - `run_dir`: one agent per run directory.
 //! - `report`: status, finalizer and events written back.
 //!
 //! Every log line about a VM carries `namespace`, `vmi` (its name; `name` is
 //! taken by the span's own name in JSON logs) and `uid`.
 
+pub mod cni;
 pub mod decision;
 mod disks;
+pub mod pod_netns;
 pub mod reconcile;
 #[cfg(test)]
 mod reconcile_tests;
@@ -21,6 +26,7 @@ pub mod registration;
 pub mod report;
 pub mod run_dir;
 pub mod translate;
+pub mod vm_network;
 pub mod vms;
 
 use std::collections::BTreeMap;
@@ -60,6 +66,9 @@ pub struct NodeConfig {
     /// State directories (`vms/<uid>/`) and the debugging socket.
     pub run_dir: PathBuf,
     pub defaults: NodeDefaults,
+    /// The pod network VMs are attached to (`--network masquerade`); none:
+    /// VMs run without a NIC.
+    pub cni: Option<cni::CniNetwork>,
     /// Host cgroup directory that VM processes are moved under (DaemonSet).
     pub cgroup_parent: Option<PathBuf>,
     /// The kvmlet binary, re-executed as `kvmlet vm-process` for each VM.
@@ -118,6 +127,9 @@ impl NodeContext {
         if entry.cleaned {
             return;
         }
+        if let Some(cni) = &self.config.cni {
+            vm_network::detach(cni, &entry.dir, &entry.identity.uid);
+        }
         if let Err(e) = entry.dir.remove() {
             tracing::warn!(error = %e, "cannot remove the VM's state directory");
         }
@@ -163,6 +175,9 @@ impl NodeLoop {
         .map_err(|source| NodeSetupError::ImageDir { path: config.defaults.image_dir.clone(), source })?;
         let vms = VmTable::new(poke);
         vms.attach_all(&config.run_dir);
+        if let Some(cni) = &config.cni {
+            check_networks(cni, &vms);
+        }
         crate::metrics::global().add_collector(crate::metrics::vm::collector(vms.clone(), config.node_name.clone()));
         let reporter = report::VmiReporter::new(client.clone(), &config.node_name);
         Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter, images }), pokes, _run_dir: lock })
@@ -276,6 +291,23 @@ async fn sweep_orphans(ctx: Arc<NodeContext>, store: Store<VirtualMachineInstanc
             }
             .instrument(span)
             .await;
+        }
+    }
+}
+
+/// CNI CHECK for each re-attached VM that is still running: a namespace that
+/// is no longer as ADD left it is logged (the VM keeps running with what it has).
+fn check_networks(cni: &cni::CniNetwork, vms: &VmTable) {
+    let entries: Vec<VmEntry> = vms.lock().values().cloned().collect();
+    for entry in entries.iter().filter(|e| !matches!(e.process, Process::Exited(_))) {
+        let identity = &entry.identity;
+        let span =
+            tracing::info_span!("vmi", namespace = %identity.namespace, vmi = %identity.name, uid = %identity.uid);
+        let _enter = span.enter();
+        match vm_network::reattach(cni, &entry.dir, &identity.uid) {
+            Ok(Some(address)) => tracing::info!(pod_ip = %address.ip, "pod network checked"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %crate::errors::with_causes(&e), "the VM's pod network failed CNI CHECK"),
         }
     }
 }

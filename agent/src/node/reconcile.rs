@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::decision::{self, Observed, Step, AFTER_KILL, POWER_BUTTON_REPEAT};
 use super::report::PhaseChange;
 use super::vms::{Shutdown, VmEntry};
-use super::{disks, translate, NodeContext};
+use super::{disks, translate, vm_network, NodeContext};
 use crate::images;
 use crate::vmprocess::state_dir::{StateDir, VmIdentity, VmRecord};
 
@@ -93,9 +93,12 @@ async fn carry_out(
             ctx.reporter.remove_finalizer(vmi).await?;
             Ok(Action::await_change())
         }
-        (Step::ReportRunning, _) => {
+        (Step::ReportRunning, entry) => {
             let change = PhaseChange { phase: Phase::Running, reason: None, message: None, ready: true };
             ctx.reporter.phase(vmi, &change).await?;
+            if let Some(entry) = &entry {
+                report_interfaces(vmi, entry, ctx).await?;
+            }
             ctx.vms.set_phase(uid, Phase::Running);
             if let Some(created) = &vmi.metadata.creation_timestamp {
                 let seconds = k8s_openapi::jiff::Timestamp::now().duration_since(created.0).as_secs_f64();
@@ -151,6 +154,18 @@ async fn carry_out(
     }
 }
 
+/// `status.interfaces` for a VM with a NIC: its MAC and the pod IP CNI gave it.
+async fn report_interfaces(vmi: &VirtualMachineInstance, entry: &VmEntry, ctx: &NodeContext) -> Result<(), NodeError> {
+    let Some(net) = entry.config.nets.first() else { return Ok(()) };
+    let spec = &vmi.spec;
+    let name = crate::vmi::network::pod_interface(&spec.domain.devices.interfaces, &spec.networks)
+        .map_or_else(|_| crate::vmi::network::DEFAULT_NAME.to_string(), |i| i.name);
+    let pod_ip = vm_network::pod_address(&entry.dir).map(|a| a.ip);
+    let status = crate::vmi::network::interface_status(&name, net.mac, pod_ip);
+    ctx.reporter.interfaces(vmi, vec![status]).await?;
+    Ok(())
+}
+
 /// `decide` returns process steps only with a process; should that ever
 /// break, the VMI is looked at again rather than the agent panicking.
 fn unreachable_step(step: Step) -> Result<Action, NodeError> {
@@ -199,9 +214,28 @@ async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Re
         return fail(vmi, &e.field, &e.message, ctx).await;
     }
     let identity = VmIdentity { namespace: vmi.namespace().unwrap_or_default(), name: vmi.name_any(), uid: uid.into() };
-    let record = VmRecord { identity, config: plan.config };
+    let mut record = VmRecord { identity, config: plan.config, netns: None };
+    if let (Some(cni), Some(interface)) = (&ctx.config.cni, &plan.interface) {
+        match vm_network::attach(cni, &dir, uid, &interface.ports) {
+            Ok(attached) => {
+                tracing::info!(pod_ip = %attached.address.ip, "pod network attached");
+                if let (Some(net), Some(mtu)) = (record.config.nets.first_mut(), attached.mtu) {
+                    net.mtu = mtu;
+                }
+                record.netns = Some(attached.netns);
+            }
+            Err(e) => {
+                let _ = dir.remove();
+                let message = format!("cannot attach the pod network: {}", crate::errors::with_causes(&e));
+                return fail(vmi, "spec.networks", &message, ctx).await;
+            }
+        }
+    }
     let (vcpus, memory) = (record.config.vcpus, record.config.memory_mib);
     if let Err(e) = ctx.vms.start(record, dir.clone(), &ctx.config.exe, ctx.config.cgroup_parent.as_deref()) {
+        if let Some(cni) = &ctx.config.cni {
+            vm_network::detach(cni, &dir, uid);
+        }
         let _ = dir.remove();
         return fail(vmi, "node", &format!("cannot start the VM process: {e}"), ctx).await;
     }

@@ -38,8 +38,10 @@ fn node() -> Node {
             cmdline: String::new(),
             image_dir: dir.path().join("images"),
             host_disks: Default::default(),
+            pod_network: None,
         },
         cgroup_parent: None,
+        cni: None,
         // Never spawned here: these tests stop short of starting VM processes.
         exe: dir.path().join("no-kvmlet"),
         heartbeat_interval: std::time::Duration::from_secs(60),
@@ -93,7 +95,7 @@ impl Node {
         std::fs::create_dir_all(dir.path()).unwrap();
         let config = serde_json::from_value(json!({"vcpus": 1, "memoryMib": 64, "kernel": "/k"})).unwrap();
         let identity = VmIdentity { namespace: "default".into(), name: vmi.name_any(), uid };
-        self.ctx.vms.insert(VmRecord { identity, config }, dir.clone(), Some(4242), process);
+        self.ctx.vms.insert(VmRecord { identity, config, netns: None }, dir.clone(), Some(4242), process);
         dir
     }
 }

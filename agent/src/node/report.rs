@@ -64,6 +64,19 @@ impl VmiReporter {
         self.api(vmi).patch_status(&vmi.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
     }
 
+    /// Writes `status.interfaces` unless the VMI already says it.
+    pub async fn interfaces(
+        &self,
+        vmi: &VirtualMachineInstance,
+        interfaces: Vec<serde_json::Value>,
+    ) -> kube::Result<()> {
+        if vmi.status.as_ref().is_some_and(|s| s.interfaces == interfaces) {
+            return Ok(());
+        }
+        let patch = json!({"status": {"interfaces": interfaces}});
+        self.api(vmi).patch_status(&vmi.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+    }
+
     /// Adds the node's finalizer; the VMI as it is now.
     pub async fn add_finalizer(&self, vmi: &VirtualMachineInstance) -> kube::Result<VirtualMachineInstance> {
         let written = crate::finalizers::add(&self.api(vmi), vmi, VMI_FOREGROUND_FINALIZER).await?;

@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use proto::kubevirt::{VirtualMachineInstance, Volume};
 use uuid::Uuid;
 use vmm::nocloud::NoCloudSeed;
-use vmm::{ConfigError, DiskConfig, VmConfig};
+use vmm::{ConfigError, DiskConfig, NetConfig, TapSource, VmConfig};
 
 use crate::vmi::cloud_init::{self, CloudInitNoCloud};
 use crate::vmi::host_disk::HostDiskPolicy;
+use crate::vmi::network::{self, PodInterface, ResolvConf};
 pub use crate::vmi::SpecError;
 use crate::vmi::{resources, validate};
 
@@ -33,6 +34,18 @@ pub struct NodeDefaults {
     pub image_dir: PathBuf,
     /// The `HostDisk` feature gate and its roots.
     pub host_disks: HostDiskPolicy,
+    /// The network each VM's NIC is attached to; none: VMs that name no
+    /// network run without a NIC and VMs that name one fail.
+    pub pod_network: Option<PodNetwork>,
+}
+
+/// What the node gives each VM's pod interface: the tap the NIC is on (in
+/// the VM's network namespace), the pod interface's MTU and the DNS its guest is told.
+#[derive(Debug, Clone)]
+pub struct PodNetwork {
+    pub tap: TapSource,
+    pub mtu: u16,
+    pub resolv: ResolvConf,
 }
 
 /// Secret name → key → bytes, for the `cloudInitNoCloud` secret references.
@@ -64,6 +77,8 @@ pub enum DiskFile {
 pub struct VmPlan {
     pub config: VmConfig,
     pub files: Vec<DiskFile>,
+    /// The pod interface behind `config.nets[0]`, when the VM has a NIC.
+    pub interface: Option<PodInterface>,
     /// The VMI field behind each disk, for naming it in errors.
     disk_fields: Vec<String>,
     kernel_field: &'static str,
@@ -156,7 +171,36 @@ pub fn translate(
         config.disks.push(DiskConfig { path, readonly, serial });
         disk_fields.push(volume_field);
     }
-    Ok(VmPlan { config, files, disk_fields, kernel_field })
+    let interface = nic(vmi, node.pod_network.as_ref())?;
+    if let Some((interface, net)) = &interface {
+        config.nets.push(net.clone());
+        tracing::debug!(interface = interface.name, mac = %net.mac, "pod interface");
+    }
+    let interface = interface.map(|(interface, _)| interface);
+    Ok(VmPlan { config, files, interface, disk_fields, kernel_field })
+}
+
+/// The VMI's pod interface and its NIC on the node's pod network: MAC from
+/// the spec or derived from namespace/name, KubeVirt's masquerade lease.
+fn nic(vmi: &VirtualMachineInstance, pod: Option<&PodNetwork>) -> Result<Option<(PodInterface, NetConfig)>, SpecError> {
+    let spec = &vmi.spec;
+    let interface = network::pod_interface(&spec.domain.devices.interfaces, &spec.networks)?;
+    let Some(pod) = pod else {
+        if spec.domain.devices.interfaces.is_empty() && spec.networks.is_empty() {
+            return Ok(None);
+        }
+        return Err(err(
+            "spec.domain.devices.interfaces[0]",
+            "this node runs VMs without a pod network, so no interface can be attached",
+        ));
+    };
+    let name = vmi.metadata.name.as_deref().unwrap_or_default();
+    let namespace = vmi.metadata.namespace.as_deref().unwrap_or("default");
+    let mac = interface.mac.unwrap_or_else(|| network::stable_mac(namespace, name));
+    let hostname = cloud_init::local_hostname(name, spec.hostname.as_deref());
+    let lease = network::masquerade_lease(Some(hostname), &pod.resolv, &interface.dhcp_options);
+    let net = NetConfig { tap: pod.tap.clone(), mac, mtu: pod.mtu, dhcp: Some(lease) };
+    Ok(Some((interface, net)))
 }
 
 /// The kernel and initrd: from `kernelBoot.container` in the image directory,

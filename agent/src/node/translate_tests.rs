@@ -20,6 +20,7 @@ fn node() -> NodeDefaults {
         cmdline: "console=ttyS0".into(),
         image_dir: "/nonexistent".into(),
         host_disks: HostDiskPolicy::closed(),
+        pod_network: None,
     }
 }
 
@@ -100,7 +101,7 @@ fn each_unsupported_field_is_named() {
         ),
         (
             json!({"networks": [{"name": "default", "pod": {}}], "domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {}}}),
-            "spec.networks:",
+            "spec.networks[0].name: \"default\" not found",
         ),
         (
             json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "d", "cdrom": {"bus": "sata"}}]}}, "volumes": [{"name": "d", "emptyDisk": {"capacity": "1Mi"}}]}),
@@ -290,4 +291,59 @@ fn host_disks_resolve_under_the_roots_only() {
     let e = run(&root.join("../escape.img"), "DiskOrCreate").unwrap_err();
     assert_eq!(e.field, "spec.volumes[0].hostDisk.path");
     assert!(e.message.contains("not under a host disk root"), "{e}");
+}
+
+fn pod_network() -> PodNetwork {
+    PodNetwork {
+        tap: vmm::TapSource::Name("tap0".into()),
+        mtu: 1450,
+        resolv: ResolvConf::parse("nameserver 10.96.0.10\nsearch ns.svc.cluster.local\n"),
+    }
+}
+
+fn masquerade() -> serde_json::Value {
+    json!({
+        "hostname": "web",
+        "networks": [{"name": "default", "pod": {}}],
+        "domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {
+            "interfaces": [{"name": "default", "masquerade": {}, "ports": [{"port": 80}],
+                            "dhcpOptions": {"ntpServers": ["10.1.1.1"]}}]}},
+    })
+}
+
+#[test]
+fn on_a_pod_network_a_vmi_gets_one_nic_with_kubevirts_masquerade_lease() {
+    let node = NodeDefaults { pod_network: Some(pod_network()), ..node() };
+    let plan = translate(&vmi(masquerade()), &node, &Secrets::new(), Path::new("/d")).unwrap();
+    let [net] = plan.config.nets.as_slice() else { panic!("{:?}", plan.config.nets) };
+    assert_eq!(net.tap, vmm::TapSource::Name("tap0".into()));
+    assert_eq!(net.mtu, 1450, "the pod interface's MTU");
+    assert_eq!(net.mac, crate::vmi::network::stable_mac("ns", "vm1.example"));
+    let lease = net.dhcp.as_ref().unwrap();
+    assert_eq!(
+        (lease.address.to_string(), lease.prefix_len, lease.router.to_string()),
+        ("10.0.2.2".into(), 24, "10.0.2.1".into())
+    );
+    assert_eq!(lease.dns_servers.len(), 1);
+    assert_eq!(lease.search_domains, ["ns.svc.cluster.local"]);
+    assert_eq!(lease.hostname.as_deref(), Some("web"), "spec.hostname");
+    assert_eq!(lease.ntp_servers.len(), 1, "dhcpOptions are honoured");
+    assert_eq!(plan.interface.unwrap().ports.len(), 1);
+
+    // No interfaces at all: KubeVirt's default, hostname from the VMI name, the spec's MAC wins.
+    let default = translate(&vmi(minimal()), &node, &Secrets::new(), Path::new("/d")).unwrap();
+    assert_eq!(default.config.nets[0].dhcp.as_ref().unwrap().hostname.as_deref(), Some("vm1"));
+    assert_eq!(default.interface.unwrap().name, "default");
+    let mut with_mac = masquerade();
+    with_mac["domain"]["devices"]["interfaces"][0]["macAddress"] = json!("02:aa:bb:cc:dd:ee");
+    let plan = translate(&vmi(with_mac), &node, &Secrets::new(), Path::new("/d")).unwrap();
+    assert_eq!(plan.config.nets[0].mac.to_string(), "02:aa:bb:cc:dd:ee");
+}
+
+#[test]
+fn without_a_pod_network_only_vmis_naming_no_network_run() {
+    assert!(plan(minimal()).unwrap().config.nets.is_empty());
+    assert!(
+        error(masquerade()).starts_with("spec.domain.devices.interfaces[0]: this node runs VMs without a pod network")
+    );
 }

@@ -6,10 +6,12 @@
 //! - `resources`: the vCPUs and memory a VMI asks for.
 //! - `cloud_init`: `cloudInitNoCloud` sources, limits and the seed's meta-data.
 //! - `host_disk`: the `HostDisk` feature gate and the roots a hostDisk may use.
+//! - `network`: the pod interface (masquerade binding), its MAC and DHCP lease.
 //! - `validate`: every check that needs nothing but the spec (admission and node).
 
 pub mod cloud_init;
 pub mod host_disk;
+pub mod network;
 pub mod quantity;
 pub mod resources;
 pub mod validate;

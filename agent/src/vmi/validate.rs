@@ -14,15 +14,7 @@ use super::{quantity, resources, SpecError};
 /// The first problem with `spec`, with its field (`spec.…`).
 pub fn spec(spec: &VirtualMachineInstanceSpec) -> Result<(), SpecError> {
     let domain = &spec.domain;
-    if !spec.networks.is_empty() {
-        return Err(SpecError::new("spec.networks", "networks are not supported by kvmlet yet"));
-    }
-    if !domain.devices.interfaces.is_empty() {
-        return Err(SpecError::new(
-            "spec.domain.devices.interfaces",
-            "network interfaces are not supported by kvmlet yet",
-        ));
-    }
+    super::network::pod_interface(&domain.devices.interfaces, &spec.networks)?;
     if let Some(machine) = &domain.machine {
         if !matches!(machine.type_.as_str(), "" | "microvm") {
             return Err(SpecError::new(

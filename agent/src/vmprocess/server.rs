@@ -30,6 +30,12 @@ pub enum VmProcessError {
     StateDir { path: String, source: io::Error },
     #[error("control socket")]
     ControlSocket(#[source] io::Error),
+    #[error("enter the network namespace {path}")]
+    Netns {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// What the control threads share with the thread that runs the guest.
@@ -66,6 +72,14 @@ pub fn run(dir: &StateDir) -> Result<VmExit, VmProcessError> {
     let VmIdentity { namespace, name, uid } = &record.identity;
     let span = tracing::info_span!("vm", %namespace, vmi = %name, %uid);
     let _enter = span.enter();
+    // The network namespace first, before any thread exists (threads inherit
+    // it): the tap the VMM opens by name lives there.
+    if let Some(path) = &record.netns {
+        let netns_error = |source| VmProcessError::Netns { path: path.display().to_string(), source };
+        let file = std::fs::File::open(path).map_err(netns_error)?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|errno| netns_error(io::Error::from(errno)))?;
+    }
     let pid = std::process::id();
     std::fs::write(dir.pid(), format!("{pid}\n")).map_err(fail)?;
 

@@ -38,6 +38,10 @@ pub struct VmRecord {
     #[serde(flatten)]
     pub identity: VmIdentity,
     pub config: VmConfig,
+    /// The network namespace (`/run/netns/kvmlet-<uid>`) the VM process
+    /// enters before anything else: its tap is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]

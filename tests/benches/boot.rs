@@ -21,15 +21,24 @@ trait Vmm {
     fn command(&self, image: &Path, action: &str) -> Command;
 }
 
-struct Kvmlet(PathBuf);
+/// `kvmlet run`, jailed (seccomp per thread, its default) or not.
+struct Kvmlet {
+    binary: PathBuf,
+    jailed: bool,
+}
 
 impl Vmm for Kvmlet {
     fn name(&self) -> &'static str {
-        "kvmlet"
+        if self.jailed {
+            "kvmlet (jailed)"
+        } else {
+            "kvmlet (no jail)"
+        }
     }
     fn command(&self, image: &Path, action: &str) -> Command {
-        let mut cmd = Command::new(&self.0);
+        let mut cmd = Command::new(&self.binary);
         cmd.arg("run").arg("--kernel").arg(image);
+        cmd.args(["--seccomp", if self.jailed { "kill" } else { "off" }]);
         cmd.args(["--memory", &MEMORY_MIB.to_string(), "--cmdline", &format!("probe.action={action}")]);
         cmd
     }
@@ -165,7 +174,8 @@ fn main() {
     let runs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20);
     let image = &probe().elf;
     let vmms: Vec<Box<dyn Vmm>> = vec![
-        Box::new(Kvmlet(release_kvmlet())),
+        Box::new(Kvmlet { binary: release_kvmlet(), jailed: false }),
+        Box::new(Kvmlet { binary: release_kvmlet(), jailed: true }),
         Box::new(QemuMicrovm(require_tool("qemu-system-x86_64", "qemu-system-x86"))),
     ];
     let figures: Vec<Figures> = vmms.iter().map(|vmm| measure(vmm.as_ref(), image, runs)).collect();

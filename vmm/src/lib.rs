@@ -18,6 +18,7 @@ mod exit;
 pub mod firmware;
 pub mod net_config;
 pub mod nocloud;
+pub mod seccomp;
 mod vcpu;
 mod vm;
 

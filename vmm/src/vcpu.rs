@@ -100,6 +100,7 @@ impl Vcpu {
     /// Runs the guest until an exit is requested (by this or another vCPU, a
     /// device, or the VMM's caller), recording why if this vCPU caused it.
     pub fn run(mut self) {
+        crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Vcpu);
         let span = tracing::debug_span!("vcpu", index = self.index);
         let _enter = span.enter();
         while !self.exit.is_requested() {

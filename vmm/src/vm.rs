@@ -213,6 +213,7 @@ impl Vm {
         let (serial, exit) = (self.handle.serial.clone(), self.handle.exit.clone());
         if serial.lock().unwrap_or_else(|p| p.into_inner()).is_coalescing() {
             let replay = move || {
+                crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Serial);
                 while exit.wait_timeout(REPLAY_INTERVAL).is_none() {
                     let mut serial = serial.lock().unwrap_or_else(|p| p.into_inner());
                     serial.replay();

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use vmm::seccomp::{self, SeccompMode, ThreadKind};
 
 use crate::vmprocess::server;
 use crate::vmprocess::StateDir;
@@ -13,9 +14,16 @@ pub struct VmProcessArgs {
     /// The VM's state directory (RUN_DIR/vms/<uid>), holding vm.json.
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
+    /// What a syscall outside its thread's seccomp allow-list does: `kill`
+    /// stops the VM process naming the syscall, `log` lets it run and has
+    /// the kernel log it (audit type=1326), `off` installs no filter.
+    #[arg(long, value_name = "MODE", default_value = "kill")]
+    pub seccomp: SeccompMode,
 }
 
 pub fn main(args: VmProcessArgs) -> anyhow::Result<ExitCode> {
+    seccomp::configure(args.seccomp)?;
+    seccomp::enter(ThreadKind::Control)?;
     let exit = server::run(&StateDir::open(args.state_dir))?;
     Ok(ExitCode::from(exit.kind.exit_code()))
 }

@@ -167,7 +167,10 @@ impl VirtioDevice for Block {
         let worker_kill = kill.clone();
         let thread = std::thread::Builder::new()
             .name("virtio-blk".into())
-            .spawn(move || run_worker(memory, active, interrupt, disk, worker_kill))
+            .spawn(move || {
+                crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::BlockWorker);
+                run_worker(memory, active, interrupt, disk, worker_kill)
+            })
             .map_err(ActivateError::Worker)?;
         self.worker = Some(Worker { kill, thread });
         Ok(())

@@ -174,7 +174,10 @@ impl VirtioDevice for Net {
         let backend = self.backend.clone();
         let thread = std::thread::Builder::new()
             .name("virtio-net".into())
-            .spawn(move || run_worker(datapath, notify, &backend, &worker_kill))
+            .spawn(move || {
+                crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::NetWorker);
+                run_worker(datapath, notify, &backend, &worker_kill)
+            })
             .map_err(ActivateError::Worker)?;
         self.worker = Some(Worker { kill, thread });
         Ok(())

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use vmm::seccomp::{self, SeccompMode, ThreadKind};
+use vmm::seccomp::{self, SeccompMode};
 
 use crate::vmprocess::server;
 use crate::vmprocess::StateDir;
@@ -22,8 +22,9 @@ pub struct VmProcessArgs {
 }
 
 pub fn main(args: VmProcessArgs) -> anyhow::Result<ExitCode> {
+    // The filters are built here; the control thread enters its own in
+    // `server::run`, once it has joined the VM's network namespace.
     seccomp::configure(args.seccomp)?;
-    seccomp::enter(ThreadKind::Control)?;
     let exit = server::run(&StateDir::open(args.state_dir))?;
     Ok(ExitCode::from(exit.kind.exit_code()))
 }

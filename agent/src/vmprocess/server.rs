@@ -30,6 +30,8 @@ pub enum VmProcessError {
     StateDir { path: String, source: io::Error },
     #[error("control socket")]
     ControlSocket(#[source] io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] vmm::seccomp::SeccompError),
     #[error("enter the network namespace {path}")]
     Netns {
         path: String,
@@ -80,6 +82,9 @@ pub fn run(dir: &StateDir) -> Result<VmExit, VmProcessError> {
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|errno| netns_error(io::Error::from(errno)))?;
     }
+    // Then this thread's seccomp filter (setns is not on its list); every
+    // thread started from here on inherits it before entering its own.
+    vmm::seccomp::enter(vmm::seccomp::ThreadKind::Control)?;
     let pid = std::process::id();
     std::fs::write(dir.pid(), format!("{pid}\n")).map_err(fail)?;
 

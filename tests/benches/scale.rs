@@ -89,7 +89,13 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let capacity = format!("{}Mi", n * GUEST_MIB + 1024);
     let max_vms = (n + 16).to_string();
-    let server = BenchServer::start(&kvmlet, dir.path(), &["--memory-capacity", &capacity, "--max-vms", &max_vms]);
+    // Idle guests halt: vCPUs overcommit by the most the node allows (2 host
+    // CPUs x 100 = 200 vCPUs, so N above 200 needs more host CPUs).
+    let server = BenchServer::start(
+        &kvmlet,
+        dir.path(),
+        &["--memory-capacity", &capacity, "--max-vms", &max_vms, "--cpu-allocation-ratio", "100"],
+    );
     let client = server.client().await;
     let api: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
 

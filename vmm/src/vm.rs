@@ -23,7 +23,7 @@ use crate::devices::acpi::{AcpiShutdown, Ged};
 use crate::devices::coalesced::CoalescedRing;
 use crate::devices::legacy::I8042;
 use crate::devices::manager::{self, irq_line, MmioDeviceManager, VirtioRole};
-use crate::devices::serial::{SerialPort, REPLAY_INTERVAL};
+use crate::devices::serial::{self, Doorbell, SerialPort};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::VirtioDevice;
@@ -72,6 +72,8 @@ pub struct Vm {
     config: VmConfig,
     // Field order is drop order: threads first (joined in Drop), fds last.
     threads: Vec<JoinHandle<()>>,
+    /// Wakes the serial flusher (None: output is not coalesced).
+    serial_doorbell: Option<Arc<Doorbell>>,
     vcpus: Vec<Vcpu>,
     handle: VmHandle,
     console: Option<ConsoleRing>,
@@ -160,14 +162,13 @@ impl Vm {
                 Ok(vcpu)
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        if let Some(first) = vcpus.first() {
-            coalesce_serial_output(&kvm, &vm_fd, first, &serial);
-        }
+        let serial_doorbell = vcpus.first().and_then(|first| coalesce_serial_output(&kvm, &vm_fd, first, &serial));
 
         tracing::debug!(entry = format_args!("{:#x}", entry.address), protocol = ?entry.protocol, "VM built");
         Ok(Vm {
             config,
             threads: Vec::new(),
+            serial_doorbell,
             vcpus,
             handle: VmHandle { exit, ged, serial },
             console: console_ring,
@@ -209,18 +210,15 @@ impl Vm {
             self.threads.push(thread);
         }
         // Coalesced console output reaches the console even while the guest
-        // does nothing that exits (it may be halted).
-        let (serial, exit) = (self.handle.serial.clone(), self.handle.exit.clone());
-        if serial.lock().unwrap_or_else(|p| p.into_inner()).is_coalescing() {
-            let replay = move || {
+        // does nothing that exits (it may be halted); the flusher sleeps
+        // while the guest is silent.
+        if let Some(doorbell) = self.serial_doorbell.clone() {
+            let serial = self.handle.serial.clone();
+            let flush = move || {
                 crate::seccomp::enter_or_exit(crate::seccomp::ThreadKind::Serial);
-                while exit.wait_timeout(REPLAY_INTERVAL).is_none() {
-                    let mut serial = serial.lock().unwrap_or_else(|p| p.into_inner());
-                    serial.replay();
-                    serial.rearm_if_quiet(Instant::now());
-                }
+                serial::flush_while_pending(&serial, &doorbell);
             };
-            let thread = std::thread::Builder::new().name("serial".into()).spawn(replay).map_err(Error::Thread)?;
+            let thread = std::thread::Builder::new().name("serial".into()).spawn(flush).map_err(Error::Thread)?;
             self.threads.push(thread);
         }
         Ok(())
@@ -254,6 +252,9 @@ impl Vm {
 
     /// Kicks vCPU threads out of KVM_RUN until they all see the exit request.
     fn stop_vcpus(&mut self) {
+        if let Some(doorbell) = &self.serial_doorbell {
+            doorbell.stop();
+        }
         let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
         while self.threads.iter().any(|t| !t.is_finished()) {
             for thread in self.threads.iter().filter(|t| !t.is_finished()) {
@@ -325,10 +326,16 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Lets KVM queue the guest's console output instead of exiting per byte,
 /// where KVM can; without it the console works the same, only slower.
-fn coalesce_serial_output(kvm: &Kvm, vm_fd: &Arc<VmFd>, vcpu: &Vcpu, serial: &Mutex<SerialPort>) {
+/// Returns the doorbell of the flusher the VM must run.
+fn coalesce_serial_output(
+    kvm: &Kvm,
+    vm_fd: &Arc<VmFd>,
+    vcpu: &Vcpu,
+    serial: &Mutex<SerialPort>,
+) -> Option<Arc<Doorbell>> {
     if !kvm.check_extension(Cap::CoalescedPio) {
         tracing::debug!("KVM cannot coalesce port writes; console output exits per byte");
-        return;
+        return None;
     }
     let coalesced = CoalescedRing::map(vcpu.fd()).map_err(|e| e.to_string()).and_then(|ring| {
         serial
@@ -337,7 +344,5 @@ fn coalesce_serial_output(kvm: &Kvm, vm_fd: &Arc<VmFd>, vcpu: &Vcpu, serial: &Mu
             .coalesce(vm_fd.clone(), ring, COM1_PORT)
             .map_err(|e| e.to_string())
     });
-    if let Err(e) = coalesced {
-        tracing::warn!(error = %e, "console output is not coalesced");
-    }
+    coalesced.inspect_err(|e| tracing::warn!(error = %e, "console output is not coalesced")).ok()
 }

@@ -61,6 +61,12 @@ pub struct NodeArgs {
     /// 512Mi. Default: the host's memory (never overcommitted).
     #[arg(long, value_name = "QUANTITY", env = "KVMLET_MEMORY_CAPACITY", value_parser = parse_memory_capacity)]
     pub memory_capacity: Option<u64>,
+    /// The most VMs this node runs, published as the Node's `pods` capacity
+    /// (as a kubelet's --max-pods); the scheduler leaves VMIs beyond it
+    /// Unschedulable. Default: derived from the kernel's task limit, the
+    /// agent's open-file limit and the memory left for per-VM overhead.
+    #[arg(long, value_name = "N", env = "KVMLET_MAX_VMS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_vms: Option<u64>,
     /// Pull images of REGISTRY from URL instead (containerd's mirrors: docker.io for
     /// unqualified names such as kubevirt/cirros-container-disk-demo). Repeatable.
     #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", value_parser = parse_mirror,
@@ -159,6 +165,7 @@ impl NodeArgs {
             heartbeat_interval: Duration::from_secs(self.heartbeat_interval),
             cpu_allocation_ratio: self.cpu_allocation_ratio,
             memory_capacity_mib: self.memory_capacity,
+            max_vms: self.max_vms,
         })
     }
 }

@@ -2,8 +2,10 @@
 //! node and any agents'): each new VMI goes to a node whose agent is
 //! alive (label `kubevirt.io/schedulable=true`, a fresh heartbeat), that
 //! matches its `nodeSelector`, and whose published capacity
-//! (`kvmlet.io/vcpus`, `kvmlet.io/memory`) still fits it after what the
-//! node's other live VMIs ask for. Among those, the one with the most free
+//! (`kvmlet.io/vcpus`, `kvmlet.io/memory`, and `pods`: the node's
+//! `--max-vms`, as a kubelet's `--max-pods`, since each KubeVirt VMI is one
+//! virt-launcher pod) still fits it after what the node's other live VMIs
+//! ask for. Among those, the one with the most free
 //! memory wins, so VMs spread out. A VMI that fits nowhere gets
 //! `PodScheduled=False` (reason `Unschedulable`) saying why.
 //!
@@ -24,7 +26,7 @@ use proto::labels::{HEARTBEAT_ANNOTATION, NODE_NAME_LABEL, SCHEDULABLE_LABEL};
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::node::registration::{MEMORY_RESOURCE, VCPUS_RESOURCE};
+use crate::node::registration::{MEMORY_RESOURCE, PODS_RESOURCE, VCPUS_RESOURCE};
 pub use crate::vmi::resources::Request;
 
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +58,22 @@ fn status(vmi: &VirtualMachineInstance) -> (Option<&str>, VirtualMachineInstance
     (status.and_then(|s| s.node_name.as_deref()), status.and_then(|s| s.phase).unwrap_or_default())
 }
 
+/// What a node's live VMIs take: their requests, and how many they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeUsage {
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub vms: u64,
+}
+
+impl NodeUsage {
+    fn add(&mut self, want: Request) {
+        self.vcpus += want.vcpus;
+        self.memory_mib += want.memory_mib;
+        self.vms += 1;
+    }
+}
+
 /// Whether the node's agent heartbeated within `threshold` (a node that
 /// never did is not alive).
 pub fn heartbeat_fresh(node: &Node, threshold: Duration, now: Timestamp) -> bool {
@@ -67,7 +85,7 @@ pub fn heartbeat_fresh(node: &Node, threshold: Duration, now: Timestamp) -> bool
 fn unfit(
     node: &Node,
     vmi: &VirtualMachineInstance,
-    used: Request,
+    used: NodeUsage,
     threshold: Duration,
     now: Timestamp,
 ) -> Option<&'static str> {
@@ -84,6 +102,12 @@ fn unfit(
     let allocatable = node.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
     let vcpus = allocatable.get(VCPUS_RESOURCE).and_then(|q| q.0.parse::<u64>().ok()).unwrap_or(0);
     let memory = allocatable.get(MEMORY_RESOURCE).and_then(|q| quantity_mib(&q.0)).unwrap_or(0);
+    // A node that publishes no `pods` (an agent older than --max-vms) is
+    // not limited by count.
+    let max_vms = allocatable.get(PODS_RESOURCE).and_then(|q| q.0.parse::<u64>().ok()).unwrap_or(u64::MAX);
+    if used.vms >= max_vms {
+        return Some("had too many pods (the node's --max-vms)");
+    }
     let want = request(vmi);
     if used.vcpus + want.vcpus > vcpus {
         return Some("had insufficient kvmlet.io/vcpus");
@@ -99,7 +123,7 @@ fn unfit(
 pub fn choose(
     nodes: &[Node],
     vmi: &VirtualMachineInstance,
-    used: &BTreeMap<String, Request>,
+    used: &BTreeMap<String, NodeUsage>,
     threshold: Duration,
     now: Timestamp,
 ) -> Result<String, String> {
@@ -181,14 +205,11 @@ async fn pass(client: &Client, config: &SchedulerConfig) -> kube::Result<()> {
     }
     pending.sort_by_key(|v| v.metadata.creation_timestamp.clone());
     let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?.items;
-    let mut used: BTreeMap<String, Request> = BTreeMap::new();
+    let mut used: BTreeMap<String, NodeUsage> = BTreeMap::new();
     for vmi in &all {
         if let (Some(node), phase) = status(vmi) {
             if !phase.is_final() {
-                let entry = used.entry(node.to_string()).or_default();
-                let want = request(vmi);
-                entry.vcpus += want.vcpus;
-                entry.memory_mib += want.memory_mib;
+                used.entry(node.to_string()).or_default().add(request(vmi));
             }
         }
     }
@@ -199,10 +220,7 @@ async fn pass(client: &Client, config: &SchedulerConfig) -> kube::Result<()> {
         let placed =
             place(client, vmi, choose(&nodes, vmi, &used, config.heartbeat_threshold, now)).instrument(span).await?;
         if let Some(node) = placed {
-            let entry = used.entry(node).or_default();
-            let want = request(vmi);
-            entry.vcpus += want.vcpus;
-            entry.memory_mib += want.memory_mib;
+            used.entry(node).or_default().add(request(vmi));
         }
     }
     Ok(())
@@ -349,7 +367,7 @@ mod tests {
         let used = BTreeMap::new();
         assert_eq!(choose(&nodes, &vmi("64Mi", 1, None), &used, t, now), Ok("big".into()));
         assert_eq!(choose(&nodes, &vmi("64Mi", 1, Some(("gpu", "yes"))), &used, t, now), Ok("gpu".into()));
-        let full = BTreeMap::from([("big".to_string(), Request { vcpus: 1, memory_mib: 1000 })]);
+        let full = BTreeMap::from([("big".to_string(), NodeUsage { vcpus: 1, memory_mib: 1000, vms: 1 })]);
         assert_eq!(choose(&nodes, &vmi("64Mi", 1, None), &full, t, now), Ok("gpu".into()));
         let err = choose(&nodes, &vmi("2Gi", 1, None), &used, t, now).unwrap_err();
         assert_eq!(
@@ -358,5 +376,30 @@ mod tests {
         );
         let err = choose(&nodes, &vmi("64Mi", 8, None), &used, t, now).unwrap_err();
         assert!(err.contains("insufficient kvmlet.io/vcpus"), "{err}");
+    }
+
+    #[test]
+    fn a_node_at_its_max_vms_takes_no_more() {
+        let t = Duration::from_secs(300);
+        let now = Timestamp::now();
+        let mut capped = node("capped", &[], "64", "64Gi", 0);
+        capped
+            .status
+            .as_mut()
+            .unwrap()
+            .allocatable
+            .as_mut()
+            .unwrap()
+            .insert(PODS_RESOURCE.into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("2".into()));
+        let one = BTreeMap::from([("capped".to_string(), NodeUsage { vcpus: 1, memory_mib: 16, vms: 1 })]);
+        let nodes = [capped];
+        assert_eq!(choose(&nodes, &vmi("16Mi", 1, None), &one, t, now), Ok("capped".into()));
+        let two = BTreeMap::from([("capped".to_string(), NodeUsage { vcpus: 2, memory_mib: 32, vms: 2 })]);
+        let err = choose(&nodes, &vmi("16Mi", 1, None), &two, t, now).unwrap_err();
+        assert_eq!(err, "0/1 nodes are available: 1 node(s) had too many pods (the node's --max-vms)");
+        // A node that publishes no count is limited by its resources only.
+        let uncapped = [node("old", &[], "64", "64Gi", 0)];
+        let many = BTreeMap::from([("old".to_string(), NodeUsage { vcpus: 2, memory_mib: 32, vms: 5000 })]);
+        assert_eq!(choose(&uncapped, &vmi("16Mi", 1, None), &many, t, now), Ok("old".into()));
     }
 }

@@ -78,6 +78,9 @@ pub struct NodeConfig {
     pub cpu_allocation_ratio: u64,
     /// Memory offered to VMs instead of the host's (`--memory-capacity`).
     pub memory_capacity_mib: Option<u64>,
+    /// The most VMs this node runs (`--max-vms`, published as `pods`);
+    /// None: derived from the host's limits (`registration::derived_max_vms`).
+    pub max_vms: Option<u64>,
     /// Registry mirrors and insecure registries for image pulls.
     pub registry: crate::images::reference::RegistryConfig,
 }
@@ -224,10 +227,11 @@ impl NodeLoop {
 }
 
 async fn register_until_done(ctx: &NodeContext) {
-    let mut capacity = registration::Capacity::of_this_host(ctx.config.cpu_allocation_ratio);
-    if let Some(memory_mib) = ctx.config.memory_capacity_mib {
-        capacity.memory_mib = memory_mib;
-    }
+    let capacity = registration::Capacity::of_this_host(
+        ctx.config.cpu_allocation_ratio,
+        ctx.config.memory_capacity_mib,
+        ctx.config.max_vms,
+    );
     let mut delay = Duration::from_millis(100);
     loop {
         match registration::register(&ctx.client, &ctx.config.node_name, capacity).await {

@@ -47,6 +47,7 @@ fn node() -> Node {
         heartbeat_interval: std::time::Duration::from_secs(60),
         cpu_allocation_ratio: 1,
         memory_capacity_mib: None,
+        max_vms: None,
         registry: Default::default(),
     };
     let (poke, _pokes) = tokio::sync::mpsc::unbounded_channel();

@@ -98,19 +98,21 @@ pub struct DescriptorPointer {
 pub static mut PROBE_GDTR: DescriptorPointer =
     DescriptorPointer { limit: (core::mem::size_of::<[u64; 8]>() - 1) as u16, base: 0 };
 
-/// The exception ring 3 raises (#UD) to halt, and the local APIC timer's
-/// vector that ends the halt. Only their gates are filled in (by `idle`);
-/// any other exception finds a non-present gate and ends in a triple fault,
-/// which the VMM reports.
+/// The exception ring 3 raises (#UD) to halt, and the vectors that end the
+/// halt: the local APIC timer's and the IOAPIC-routed device interrupt's
+/// (`route_interrupt`). Only their gates are filled in; any other exception
+/// finds a non-present gate and ends in a triple fault, which the VMM
+/// reports.
 pub const IDLE_VECTOR: usize = 6;
 pub const IDLE_TIMER_VECTOR: usize = 0x20;
+pub const DEVICE_VECTOR: usize = 0x21;
 
 #[repr(C, align(16))]
-pub struct Idt(pub [u64; 2 * (IDLE_TIMER_VECTOR + 1)]);
+pub struct Idt(pub [u64; 2 * (DEVICE_VECTOR + 1)]);
 
 #[no_mangle]
 #[link_section = ".data"]
-pub static mut PROBE_IDT: Idt = Idt([0; 2 * (IDLE_TIMER_VECTOR + 1)]);
+pub static mut PROBE_IDT: Idt = Idt([0; 2 * (DEVICE_VECTOR + 1)]);
 
 /// An empty IDT, for ending in a triple fault on purpose.
 #[no_mangle]
@@ -291,8 +293,9 @@ probe_idle_entry:
     lidt [rip + PROBE_NO_IDT]
     ud2                          /* no IDT: a triple fault, which the VMM reports */
 
-    /* The local APIC timer's interrupt, taken in ring 0 during the HLT
-       above: acknowledge it (EOI) and return to after the HLT. */
+    /* The local APIC timer's interrupt, or the routed device interrupt,
+       taken in ring 0 during the HLT above: acknowledge it (EOI) and return
+       to after the HLT. Ring 3 then looks at the device itself. */
     .globl probe_idle_timer
 probe_idle_timer:
     push rax
@@ -315,6 +318,7 @@ extern "C" {
 
 /// The local APIC (xAPIC MMIO, mapped user-accessible like all memory).
 const LAPIC: u64 = 0xfee0_0000;
+const LAPIC_ID: u64 = LAPIC + 0x20;
 const LAPIC_SPURIOUS: u64 = LAPIC + 0xf0;
 const LAPIC_LVT_TIMER: u64 = LAPIC + 0x320;
 const LAPIC_LVT_LINT0: u64 = LAPIC + 0x350;
@@ -332,28 +336,62 @@ fn gate(handler: unsafe extern "C" fn()) -> [u64; 2] {
     [(offset & 0xffff) | (0x08 << 16) | (PRESENT_INTERRUPT_GATE << 40) | ((offset >> 16) & 0xffff) << 48, offset >> 32]
 }
 
+/// Fills in the idle gates and sets up the local APIC (once).
+///
+/// SAFETY: one vCPU runs this code; the APIC registers are MMIO at their
+/// fixed address.
+unsafe fn arm_idle() {
+    static mut ARMED: bool = false;
+    if ARMED {
+        return;
+    }
+    let idt = &mut *core::ptr::addr_of_mut!(PROBE_IDT.0);
+    idt[2 * IDLE_VECTOR..][..2].copy_from_slice(&gate(probe_idle_entry));
+    idt[2 * IDLE_TIMER_VECTOR..][..2].copy_from_slice(&gate(probe_idle_timer));
+    idt[2 * DEVICE_VECTOR..][..2].copy_from_slice(&gate(probe_idle_timer));
+    // Only the timer and the routed device may interrupt: KVM wires the
+    // 8259 PIC to LINT0 of the boot CPU, and the probe has no gate for its
+    // vectors.
+    for lvt in [LAPIC_LVT_LINT0, LAPIC_LVT_LINT1, LAPIC_LVT_ERROR] {
+        core::ptr::write_volatile(lvt as *mut u32, LVT_MASKED);
+    }
+    core::ptr::write_volatile(LAPIC_SPURIOUS as *mut u32, 0x1ff); // enabled, spurious vector 0xff
+    core::ptr::write_volatile(LAPIC_TIMER_DIVIDE as *mut u32, 0xb); // divide by 1
+    core::ptr::write_volatile(LAPIC_LVT_TIMER as *mut u32, IDLE_TIMER_VECTOR as u32); // one-shot
+    ARMED = true;
+}
+
+/// Routes IOAPIC input `gsi` (edge, active high, as the DSDT's GED
+/// `Interrupt` says) to `DEVICE_VECTOR` on this CPU, so that a halted
+/// `idle(0)` ends when the device raises it, as a kernel's would.
+pub fn route_interrupt(ioapic: u64, gsi: u32) {
+    const IOREGSEL: u64 = 0x00;
+    const IOWIN: u64 = 0x10;
+    // SAFETY: as `idle`; the IOAPIC's registers are MMIO at the address the
+    // MADT gives.
+    unsafe {
+        arm_idle();
+        let apic_id = core::ptr::read_volatile(LAPIC_ID as *const u32) >> 24;
+        let select = |register: u32| core::ptr::write_volatile((ioapic + IOREGSEL) as *mut u32, register);
+        let write = |value: u32| core::ptr::write_volatile((ioapic + IOWIN) as *mut u32, value);
+        // Redirection entry `gsi`: high word (destination) first, then the
+        // low word (vector, fixed delivery, physical, edge, high, unmasked).
+        select(0x11 + 2 * gsi);
+        write(apic_id << 24);
+        select(0x10 + 2 * gsi);
+        write(DEVICE_VECTOR as u32);
+    }
+}
+
 /// Sleeps about `nanos` (KVM's APIC timer counts at 1 GHz with divide by 1)
 /// by halting the vCPU, so an idle probe costs the host no CPU, as an idle
-/// kernel would not. A tiny ring-0 detour: the HLT and an EOI.
+/// kernel would not; `nanos == 0` halts until a routed device interrupt
+/// (`route_interrupt`). A tiny ring-0 detour: the HLT and an EOI.
 pub fn idle(nanos: u32) {
-    static mut ARMED: bool = false;
     // SAFETY: one vCPU runs this code; the gates are written before they can
     // be used, and the APIC registers are MMIO at their fixed address.
     unsafe {
-        if !ARMED {
-            let idt = &mut *core::ptr::addr_of_mut!(PROBE_IDT.0);
-            idt[2 * IDLE_VECTOR..][..2].copy_from_slice(&gate(probe_idle_entry));
-            idt[2 * IDLE_TIMER_VECTOR..][..2].copy_from_slice(&gate(probe_idle_timer));
-            // Only the timer may interrupt: KVM wires the 8259 PIC to LINT0
-            // of the boot CPU, and the probe has no gate for its vectors.
-            for lvt in [LAPIC_LVT_LINT0, LAPIC_LVT_LINT1, LAPIC_LVT_ERROR] {
-                core::ptr::write_volatile(lvt as *mut u32, LVT_MASKED);
-            }
-            core::ptr::write_volatile(LAPIC_SPURIOUS as *mut u32, 0x1ff); // enabled, spurious vector 0xff
-            core::ptr::write_volatile(LAPIC_TIMER_DIVIDE as *mut u32, 0xb); // divide by 1
-            core::ptr::write_volatile(LAPIC_LVT_TIMER as *mut u32, IDLE_TIMER_VECTOR as u32); // one-shot
-            ARMED = true;
-        }
+        arm_idle();
         core::ptr::write_volatile(LAPIC_TIMER_INITIAL as *mut u32, nanos);
         probe_idle_trap();
     }

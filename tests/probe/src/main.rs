@@ -62,6 +62,7 @@ extern "C" fn probe_main(boot_info: u64, protocol: u64) -> ! {
     report!("cpus={}", platform.cpus);
     report!("acpi tables={}", if platform.tables_ok { "ok" } else { "bad" });
     let mut ged_register = 0;
+    let mut ged_gsi = None;
     let mut virtio_bases = [0u64; 32];
     let mut virtio_count = 0;
     if let Some(dsdt) = platform.dsdt {
@@ -71,6 +72,7 @@ extern "C" fn probe_main(boot_info: u64, protocol: u64) -> ! {
             report!("device name={} hid={} mmio={:#x} len={:#x} gsi={}", name, hid, d.mmio_base, d.mmio_len, d.gsi);
             if hid == "ACPI0013" {
                 ged_register = d.region;
+                ged_gsi = Some(d.gsi);
             }
             if hid == "LNRO0005" && virtio_count < virtio_bases.len() {
                 virtio_bases[virtio_count] = d.mmio_base;
@@ -134,6 +136,14 @@ extern "C" fn probe_main(boot_info: u64, protocol: u64) -> ! {
             }
         }
         "wait" => {
+            match ged_gsi.filter(|_| platform.ioapic != 0) {
+                Some(gsi) => wait_for_power_button_interrupt(ged_register, platform.ioapic, gsi),
+                None => report!("error no GED interrupt or IOAPIC in the firmware tables"),
+            }
+            report!("done");
+            power_off(&platform)
+        }
+        "wait-poll" => {
             wait_for_power_button(ged_register);
             report!("done");
             power_off(&platform)
@@ -223,7 +233,30 @@ fn wait_for_power_button(register: u64) {
     }
 }
 
-/// How long the waiting probe halts between looks at the GED register.
+/// Halts until the GED's interrupt (routed through the IOAPIC) arrives,
+/// then reads its event register, as a kernel's GED driver does: no timer,
+/// so a waiting probe wakes its host only when the button is pressed.
+fn wait_for_power_button_interrupt(register: u64, ioapic: u64, gsi: u32) {
+    if register == 0 {
+        report!("error no GED event register in the DSDT");
+        return;
+    }
+    // Interrupts stay off in ring 3: one raised before the HLT is taken by
+    // it, so none is lost between the look at the register and the halt.
+    entry::route_interrupt(ioapic, gsi);
+    report!("waiting for power button");
+    loop {
+        let events = mmio_read8(register);
+        if events != 0 {
+            report!("power button events={:#x}", events);
+            return;
+        }
+        entry::idle(0);
+    }
+}
+
+/// How long the polling probe (`wait-poll`) halts between looks at the GED
+/// register.
 const IDLE_POLL_NANOS: u32 = 50_000_000;
 
 fn halt_forever() -> ! {

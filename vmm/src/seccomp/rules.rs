@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use kvm_bindings::{kvm_coalesced_mmio_zone, kvm_regs, kvm_sregs, kvm_vcpu_events};
+use kvm_bindings::{kvm_coalesced_mmio_zone, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events};
 use seccompiler::{BackendError, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
 
 use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE, _IOC_READ, _IOC_WRITE};
@@ -23,6 +23,7 @@ const KVM_RUN: u64 = kvm_ioctl::<()>(_IOC_NONE, 0x80);
 const KVM_GET_REGS: u64 = kvm_ioctl::<kvm_regs>(_IOC_READ, 0x81);
 const KVM_GET_SREGS: u64 = kvm_ioctl::<kvm_sregs>(_IOC_READ, 0x83);
 const KVM_GET_VCPU_EVENTS: u64 = kvm_ioctl::<kvm_vcpu_events>(_IOC_READ, 0x9f);
+const KVM_TRANSLATE: u64 = kvm_ioctl::<kvm_translation>(_IOC_READ | _IOC_WRITE, 0x85);
 const KVM_REGISTER_COALESCED_MMIO: u64 = kvm_ioctl::<kvm_coalesced_mmio_zone>(_IOC_WRITE, 0x67);
 const KVM_UNREGISTER_COALESCED_MMIO: u64 = kvm_ioctl::<kvm_coalesced_mmio_zone>(_IOC_WRITE, 0x68);
 
@@ -162,12 +163,14 @@ const VCPU: &[i64] =
 fn ioctls(kind: ThreadKind) -> Vec<u64> {
     match kind {
         ThreadKind::Control => vec![],
-        // The registers and events are read to describe a triple fault.
+        // The registers and events are read to describe a triple fault, and
+        // RIP is translated to name the bytes of an emulation failure.
         ThreadKind::Vcpu => vec![
             KVM_RUN,
             KVM_GET_REGS,
             KVM_GET_SREGS,
             KVM_GET_VCPU_EVENTS,
+            KVM_TRANSLATE,
             KVM_REGISTER_COALESCED_MMIO,
             KVM_UNREGISTER_COALESCED_MMIO,
             libc::TUNSETOFFLOAD,
@@ -211,6 +214,7 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
         assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);
+        assert_eq!(KVM_TRANSLATE, 0xc018_ae85);
         assert_eq!(KVM_REGISTER_COALESCED_MMIO, 0x4010_ae67);
         assert_eq!(KVM_UNREGISTER_COALESCED_MMIO, 0x4010_ae68);
     }

@@ -232,7 +232,7 @@ mod tests {
     #[test]
     fn ioctls_are_limited_to_named_requests_off_the_control_thread() {
         assert!(allowed(ThreadKind::Control).unwrap()[&libc::SYS_ioctl].is_empty());
-        assert_eq!(allowed(ThreadKind::Vcpu).unwrap()[&libc::SYS_ioctl].len(), 8);
+        assert_eq!(allowed(ThreadKind::Vcpu).unwrap()[&libc::SYS_ioctl].len(), 9);
         assert!(!allowed(ThreadKind::BlockWorker).unwrap().contains_key(&libc::SYS_ioctl));
         assert!(!allowed(ThreadKind::Vcpu).unwrap().contains_key(&libc::SYS_openat));
         assert!(!allowed(ThreadKind::NetWorker).unwrap().contains_key(&libc::SYS_socket));

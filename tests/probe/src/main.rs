@@ -102,7 +102,7 @@ extern "C" fn probe_main(boot_info: u64, protocol: u64) -> ! {
     let mut disk_count = 0;
     let mut net_base = None;
     for &base in &virtio_bases[..virtio_count] {
-        match virtio::read32(base, netdev::REG_DEVICE_ID) {
+        match virtio::read32(base, virtio::REG_DEVICE_ID) {
             netdev::DEVICE_ID_NET => {
                 net_base = net_base.or(Some(base));
             }

@@ -10,26 +10,12 @@ use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 use crate::hw::{pause, rdtsc};
-use crate::virtio::{read32, write32, write64, InitError};
-
-const MAGIC: u32 = 0x7472_6976;
-const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
-pub const REG_DEVICE_ID: u64 = 0x008;
-const REG_DEVICE_FEATURES: u64 = 0x010;
-const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
-const REG_DRIVER_FEATURES: u64 = 0x020;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
-const REG_QUEUE_NUM: u64 = 0x038;
-const REG_QUEUE_READY: u64 = 0x044;
-const REG_QUEUE_NOTIFY: u64 = 0x050;
-const REG_STATUS: u64 = 0x070;
-const REG_QUEUE_DESC: u64 = 0x080;
-const REG_QUEUE_DRIVER: u64 = 0x090;
-const REG_QUEUE_DEVICE: u64 = 0x0a0;
-const REG_CONFIG: u64 = 0x100;
+use crate::virtio::{
+    read32, write32, write64, InitError, MAGIC, REG_CONFIG, REG_DEVICE_FEATURES, REG_DEVICE_FEATURES_SEL,
+    REG_DEVICE_ID, REG_DRIVER_FEATURES, REG_DRIVER_FEATURES_SEL, REG_MAGIC, REG_QUEUE_DESC, REG_QUEUE_DEVICE,
+    REG_QUEUE_DRIVER, REG_QUEUE_NOTIFY, REG_QUEUE_NUM, REG_QUEUE_NUM_MAX, REG_QUEUE_READY, REG_QUEUE_SEL, REG_STATUS,
+    REG_VERSION,
+};
 
 pub const DEVICE_ID_NET: u32 = 1;
 const F_MTU: u32 = 1 << 3;

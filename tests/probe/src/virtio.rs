@@ -8,24 +8,25 @@ use core::sync::atomic::{fence, Ordering};
 
 use crate::hw::{pause, rdtsc};
 
-const MAGIC: u32 = 0x7472_6976;
-const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
-const REG_DEVICE_ID: u64 = 0x008;
-const REG_DEVICE_FEATURES: u64 = 0x010;
-const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
-const REG_DRIVER_FEATURES: u64 = 0x020;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
-const REG_QUEUE_NUM: u64 = 0x038;
-const REG_QUEUE_READY: u64 = 0x044;
-const REG_QUEUE_NOTIFY: u64 = 0x050;
-const REG_STATUS: u64 = 0x070;
-const REG_QUEUE_DESC: u64 = 0x080;
-const REG_QUEUE_DRIVER: u64 = 0x090;
-const REG_QUEUE_DEVICE: u64 = 0x0a0;
-const REG_CONFIG: u64 = 0x100;
+/// The virtio-mmio (version 2) register map, shared by the block and net drivers.
+pub const MAGIC: u32 = 0x7472_6976;
+pub const REG_MAGIC: u64 = 0x000;
+pub const REG_VERSION: u64 = 0x004;
+pub const REG_DEVICE_ID: u64 = 0x008;
+pub const REG_DEVICE_FEATURES: u64 = 0x010;
+pub const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+pub const REG_DRIVER_FEATURES: u64 = 0x020;
+pub const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+pub const REG_QUEUE_SEL: u64 = 0x030;
+pub const REG_QUEUE_NUM_MAX: u64 = 0x034;
+pub const REG_QUEUE_NUM: u64 = 0x038;
+pub const REG_QUEUE_READY: u64 = 0x044;
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+pub const REG_STATUS: u64 = 0x070;
+pub const REG_QUEUE_DESC: u64 = 0x080;
+pub const REG_QUEUE_DRIVER: u64 = 0x090;
+pub const REG_QUEUE_DEVICE: u64 = 0x0a0;
+pub const REG_CONFIG: u64 = 0x100;
 
 const STATUS_ACKNOWLEDGE: u32 = 1;
 const STATUS_DRIVER: u32 = 2;

@@ -80,6 +80,10 @@ pub struct Event {
     pub kind: EventType,
     pub key: ObjectKey,
     pub object: Value,
+    /// The object before a `Modified` change (none otherwise): a watch with a
+    /// selector turns an object that stops or starts matching into
+    /// `DELETED` or `ADDED`, as Kubernetes' watch cache does.
+    pub previous: Option<Value>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -87,6 +91,8 @@ struct StoredEvent {
     kind: EventType,
     key: String,
     object: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +283,13 @@ impl Store {
                 serde_json::from_slice(bytes.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let key = ObjectKey::decode(&stored.key).ok_or_else(|| StoreError::Corrupt(stored.key.clone()))?;
             if scope.contains(&key) {
-                out.push(Event { revision: rev.value(), kind: stored.kind, key, object: stored.object });
+                out.push(Event {
+                    revision: rev.value(),
+                    kind: stored.kind,
+                    key,
+                    object: stored.object,
+                    previous: stored.previous,
+                });
             }
         }
         Ok((out, current.max(revision)))
@@ -338,6 +350,7 @@ impl Committer {
             for request in batch {
                 let raw_key = request.key.encode();
                 let current = objects.get(raw_key.as_str())?.map(|v| parse(v.value())).transpose()?;
+                let previous = current.clone();
                 let (kind, new, mut reported) = match (request.change)(current) {
                     Ok(change) => change,
                     Err(refused) => {
@@ -345,6 +358,8 @@ impl Committer {
                         continue;
                     }
                 };
+                // A deleted object's last state is the event's object already.
+                let previous = previous.filter(|_| kind == EventType::Modified);
                 revision += 1;
                 match new {
                     Some(mut object) => {
@@ -358,10 +373,11 @@ impl Committer {
                         objects.remove(raw_key.as_str())?;
                     }
                 }
-                let stored = StoredEvent { kind, key: raw_key, object: reported.clone() };
+                let stored = StoredEvent { kind, key: raw_key, object: reported.clone(), previous };
                 log.insert(revision, serde_json::to_vec(&stored).expect("events serialize").as_slice())?;
                 results.push(Ok(reported.clone()));
-                events.push(Event { revision, kind, key: request.key, object: reported });
+                let StoredEvent { previous, .. } = stored;
+                events.push(Event { revision, kind, key: request.key, object: reported, previous });
             }
             if revision > self.history {
                 log.retain_in(..=revision - self.history, |_, _| false)?;

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::objects::Shared;
 use super::resources::Resource;
-use super::store::{EventType, Scope, StoreError};
+use super::store::{Event, EventType, Scope, StoreError};
 
 /// Longest watch when the client names no timeout (the API server picks 30-60 min).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -68,12 +68,28 @@ fn bookmark(resource: &Resource, revision: u64, initial_events_end: bool) -> Val
     json!({"kind": resource.kind, "apiVersion": resource.api_version(), "metadata": metadata})
 }
 
-fn type_name(kind: EventType) -> &'static str {
-    match kind {
-        EventType::Added => "ADDED",
-        EventType::Modified => "MODIFIED",
-        EventType::Deleted => "DELETED",
-    }
+/// What a watch with selectors sends for one change, as Kubernetes' watch
+/// cache does: an object that starts matching is `ADDED`, one that stops
+/// matching is `DELETED` (its last matching state at the new
+/// resourceVersion), so a watcher's cache never keeps an object it can no
+/// longer hear about.
+fn seen_through(request: &WatchRequest, event: &Event) -> Option<(&'static str, Value)> {
+    let now = (request.selects)(&event.object);
+    // A change logged before previous states were kept counts as unchanged.
+    let before = event.previous.as_ref().map_or(now, |p| (request.selects)(p));
+    let kind = match event.kind {
+        EventType::Added if now => "ADDED",
+        EventType::Deleted if now => "DELETED",
+        EventType::Modified if now && before => "MODIFIED",
+        EventType::Modified if now => "ADDED",
+        EventType::Modified if before => {
+            let mut last = event.previous.clone().unwrap_or_default();
+            last["metadata"]["resourceVersion"] = event.object["metadata"]["resourceVersion"].clone();
+            return Some(("DELETED", request.shown(&last).into_owned()));
+        }
+        _ => return None,
+    };
+    Some((kind, request.shown(&event.object).into_owned()))
 }
 
 /// How long a watch from a resourceVersion the store has not reached yet
@@ -153,10 +169,10 @@ async fn run(store: Shared, request: WatchRequest, sink: Sink) {
             // after the snapshot must still come through the live stream.
             Ok((events, snapshot)) => {
                 for event in events {
-                    if (request.selects)(&event.object)
-                        && !send(&sink, type_name(event.kind), &request.shown(&event.object)).await
-                    {
-                        return;
+                    if let Some((kind, object)) = seen_through(&request, &event) {
+                        if !send(&sink, kind, &object).await {
+                            return;
+                        }
                     }
                 }
                 snapshot
@@ -187,8 +203,10 @@ async fn run(store: Shared, request: WatchRequest, sink: Sink) {
                         continue;
                     }
                     last = event.revision;
-                    if (request.selects)(&event.object) && !send(&sink, type_name(event.kind), &request.shown(&event.object)).await {
-                        return;
+                    if let Some((kind, object)) = seen_through(&request, &event) {
+                        if !send(&sink, kind, &object).await {
+                            return;
+                        }
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {

@@ -61,6 +61,20 @@ pub(super) fn check_metadata(
             (field == "metadata.labels" && changed("labels"))
                 || (field == "metadata.annotations" && changed("annotations"))
         });
+        // As Kubernetes: once deletion began, finalizers can only go.
+        if current["metadata"].get("deletionTimestamp").is_some() {
+            let names = |o: &Value| -> Vec<String> {
+                let list = o["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+                list.iter().filter_map(|f| f.as_str().map(str::to_string)).collect()
+            };
+            let before = names(current);
+            let added: Vec<String> = names(object).into_iter().filter(|f| !before.contains(f)).collect();
+            if !added.is_empty() {
+                let message =
+                    format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}");
+                errors.push(("metadata.finalizers".into(), message));
+            }
+        }
     }
     if errors.is_empty() {
         return Ok(());

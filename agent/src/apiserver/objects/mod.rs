@@ -232,7 +232,9 @@ fn update(
 ) -> Result<Response, ApiError> {
     check_fields(target, &new, strict)?;
     let resource = target.resource;
-    let precondition = new["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok());
+    // The client's resourceVersion, else the one read: parts of `current`
+    // are written back, so a write in between must conflict, not be lost.
+    let precondition = revision_of(&new).or(revision_of(&current));
     let status_only = target.subresource.as_deref() == Some("status");
     if resource.status_subresource {
         if status_only {
@@ -284,6 +286,34 @@ fn update(
     Ok(Json(stored).into_response())
 }
 
+/// The resourceVersion a stored object was read at.
+fn revision_of(object: &Value) -> Option<u64> {
+    object["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok())
+}
+
+/// Runs `write` against the object as it is now, again when a concurrent
+/// write wins the race (each write is conditional on the revision it read,
+/// so nothing another client wrote in between is overwritten), unless the
+/// client pinned a resourceVersion: then the conflict is the client's.
+fn write_latest(
+    store: &Store,
+    target: &Target,
+    name: &str,
+    client_pinned: bool,
+    mut write: impl FnMut(Value) -> Result<Response, ApiError>,
+) -> Result<Response, ApiError> {
+    let lock = PatchLock::new(target.key(name));
+    let _turn = lock.hold();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match write(get(store, target, name)?) {
+            Err(e) if e.code == StatusCode::CONFLICT && !client_pinned && attempts < PATCH_ATTEMPTS => continue,
+            result => return result,
+        }
+    }
+}
+
 fn delete(
     store: &Store,
     target: &Target,
@@ -291,9 +321,31 @@ fn delete(
     body: &Bytes,
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let mut current = get(store, target, name)?;
     let options: Value = if body.is_empty() { json!({}) } else { parse_body(body)? };
-    let precondition = options["preconditions"]["resourceVersion"].as_str().and_then(|v| v.parse().ok());
+    let pinned: Option<u64> = options["preconditions"]["resourceVersion"].as_str().and_then(|v| v.parse().ok());
+    let uid = options["preconditions"]["uid"].as_str().filter(|u| !u.is_empty());
+    write_latest(store, target, name, pinned.is_some(), |current| {
+        if let Some(uid) = uid.filter(|&u| current["metadata"]["uid"].as_str() != Some(u)) {
+            let found = current["metadata"]["uid"].as_str().unwrap_or_default();
+            let message = format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {found}");
+            return Err(ApiError { message, ..ApiError::conflict(&target.what(), name) });
+        }
+        let precondition = pinned.or(revision_of(&current));
+        delete_read(store, target, name, current, &options, query, precondition)
+    })
+}
+
+/// Deletes the object as read: marked for deletion while finalizers hold it,
+/// else gone; `precondition` is the revision it was read at (or the client's).
+fn delete_read(
+    store: &Store,
+    target: &Target,
+    name: &str,
+    mut current: Value,
+    options: &Value,
+    query: &HashMap<String, String>,
+    precondition: Option<u64>,
+) -> Result<Response, ApiError> {
     let policy = options["propagationPolicy"]
         .as_str()
         .or(query.get("propagationPolicy").map(String::as_str))
@@ -509,8 +561,11 @@ async fn handle(
             }
             Method::GET => get(&store, &target, &name).map(|o| Json(o).into_response()),
             Method::PUT => {
-                let current = get(&store, &target, &name)?;
-                update(&store, &target, &name, current, parse_stored(&body)?, strict)
+                let new = parse_stored(&body)?;
+                let pinned = revision_of(&new).is_some();
+                write_latest(&store, &target, &name, pinned, |current| {
+                    update(&store, &target, &name, current, new.clone(), strict)
+                })
             }
             Method::PATCH if apply => server_side_apply(&store, &target, &name, parse_stored(&body)?, &query, strict),
             Method::PATCH => {
@@ -520,21 +575,13 @@ async fn handle(
                 // resourceVersion is re-applied to the newer object when a
                 // concurrent write wins the race, instead of failing with 409.
                 let pinned = patch_pins_resource_version(content_type, &patch_body);
-                let lock = PatchLock::new(target.key(&name));
-                let _turn = lock.hold();
-                let mut attempts = 0;
-                loop {
-                    let current = get(&store, &target, &name)?;
+                write_latest(&store, &target, &name, pinned, |current| {
                     // Patches apply to the object as the client sees it.
                     let shown = if events_view { events::from_core(current.clone()) } else { current.clone() };
                     let patched = apply_patch(&shown, content_type, &patch_body, &target, &name)?;
                     let patched = if events_view { events::to_core(patched) } else { patched };
-                    attempts += 1;
-                    match update(&store, &target, &name, current, patched, strict) {
-                        Err(e) if e.code == StatusCode::CONFLICT && !pinned && attempts < PATCH_ATTEMPTS => continue,
-                        result => break result,
-                    }
-                }
+                    update(&store, &target, &name, current, patched, strict)
+                })
             }
             Method::DELETE => delete(&store, &target, &name, &body, &query),
             _ => Err(ApiError {
@@ -596,3 +643,6 @@ mod tests {
 
 #[cfg(test)]
 mod hardening_tests;
+
+#[cfg(test)]
+mod consistency_tests;

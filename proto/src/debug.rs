@@ -24,6 +24,35 @@ pub enum ControlRequest {
     Kill {},
     /// Bytes typed on the serial console (base64, at most 4 KiB decoded).
     ConsoleInput { data: String },
+    /// Test hook: the VM process tries something its jail forbids and answers
+    /// with the outcome in `error`. Refused unless the agent started it with
+    /// `--test-vm-hooks`.
+    TestJail { check: JailCheck },
+}
+
+/// What a `testJail` request tries from inside the VM process's jail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum JailCheck {
+    /// Open `/etc/passwd` and list `/`.
+    Open,
+    /// A TCP connect to 127.0.0.1:22.
+    Connect,
+    /// A syscall outside the control thread's seccomp list (getpgrp).
+    ForbiddenSyscall,
+}
+
+impl std::str::FromStr for JailCheck {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<JailCheck, String> {
+        match text {
+            "open" => Ok(JailCheck::Open),
+            "connect" => Ok(JailCheck::Connect),
+            "forbidden-syscall" => Ok(JailCheck::ForbiddenSyscall),
+            _ => Err(format!("`{text}`: expected open, connect or forbidden-syscall")),
+        }
+    }
 }
 
 /// Where a VM process is in its life.

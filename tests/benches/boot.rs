@@ -21,7 +21,8 @@ trait Vmm {
     fn command(&self, image: &Path, action: &str) -> Command;
 }
 
-/// `kvmlet run`, jailed (seccomp per thread, its default) or not.
+/// `kvmlet run`, jailed (namespaces, uid 107, Landlock, seccomp per thread:
+/// its default as root) or not (`--no-jail --seccomp off`).
 struct Kvmlet {
     binary: PathBuf,
     jailed: bool,
@@ -38,7 +39,9 @@ impl Vmm for Kvmlet {
     fn command(&self, image: &Path, action: &str) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("run").arg("--kernel").arg(image);
-        cmd.args(["--seccomp", if self.jailed { "kill" } else { "off" }]);
+        if !self.jailed {
+            cmd.args(["--seccomp", "off", "--no-jail"]);
+        }
         cmd.args(["--memory", &MEMORY_MIB.to_string(), "--cmdline", &format!("probe.action={action}")]);
         cmd
     }

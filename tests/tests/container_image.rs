@@ -87,12 +87,16 @@ fn the_image_holds_the_binary_and_its_libraries_and_runs_a_vm() {
     );
     assert!(!rootfs.join("bin/sh").exists(), "no shell in the image");
 
-    // Run it: only /dev/kvm and the guest image come from outside.
+    // Run it, jailed: only /dev/kvm and the guest image come from outside.
     std::fs::create_dir_all(rootfs.join("dev")).unwrap();
     let mknod = Command::new("mknod").arg(rootfs.join("dev/kvm")).args(["c", "10", "232"]).status().unwrap();
     assert!(mknod.success(), "mknod /dev/kvm in the root file system (needs root, as CI runs)");
     std::fs::copy(&e2e::probe().bzimage, rootfs.join("tmp/probe.bzImage")).unwrap();
-    let run = Command::new("chroot")
+    // As a container runtime would: a private mount namespace whose root is
+    // a mount, so that kvmlet's jail can pivot out of it.
+    let run = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$0" "$0" && exec chroot "$0" "$@""#)
         .arg(&rootfs)
         .args(["/usr/local/bin/kvmlet", "run", "--kernel", "/tmp/probe.bzImage", "--cmdline", "probe.action=poweroff"])
         .args(["--memory", "64"])

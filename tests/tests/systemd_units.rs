@@ -197,6 +197,7 @@ fn agent_env_example_documents_every_variable() {
         "KVMLET_DEFAULT_CMDLINE",
         "KVMLET_CGROUP_PARENT",
         "KVMLET_HEARTBEAT_INTERVAL",
+        "KVMLET_VM_USER",
         "KVMLET_HEALTH_LISTEN",
     ] {
         assert!(keys.iter().any(|k| k == key), "agent.env does not document {key}: {keys:?}");

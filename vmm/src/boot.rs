@@ -2,6 +2,7 @@
 //! how the vCPU enters the kernel.
 
 use std::fs::File;
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::setup_header;
@@ -12,7 +13,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMma
 use crate::arch::layout::{CMDLINE_START, HIMEM_START, MMIO32_START};
 use crate::arch::x86_64::boot_params::InitrdRange;
 use crate::arch::x86_64::regs::EntryProtocol;
-use crate::config::{KernelFormat, VmConfig};
+use crate::config::KernelFormat;
 
 /// The Linux 64-bit entry point sits 0x200 bytes into a bzImage's protected-mode code.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
@@ -26,8 +27,6 @@ pub enum BootError {
     Initrd { path: PathBuf, reason: String },
     #[error("cmdline: does not fit in guest memory")]
     Cmdline,
-    #[error("kernel: {path}")]
-    Open { path: PathBuf, source: std::io::Error },
 }
 
 /// Where and how the vCPU starts.
@@ -41,15 +40,21 @@ pub struct KernelEntry {
     pub kernel_end: u64,
 }
 
-pub fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig, format: KernelFormat) -> Result<KernelEntry, BootError> {
-    let path = &config.kernel;
-    let mut file = File::open(path).map_err(|source| BootError::Open { path: path.clone(), source })?;
+/// Loads the kernel image `file` (opened from `path`, named in errors).
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    file: &mut File,
+    format: KernelFormat,
+) -> Result<KernelEntry, BootError> {
+    let path = &path.to_path_buf();
+    // linux-loader seeks to what it reads; the descriptor may have been read before.
     let kernel_error = |source| BootError::Kernel { path: path.clone(), source };
     let highmem = Some(GuestAddress(HIMEM_START));
     match format {
         KernelFormat::BzImage => {
             let loaded: KernelLoaderResult =
-                BzImage::load(mem, Some(GuestAddress(HIMEM_START)), &mut file, highmem).map_err(kernel_error)?;
+                BzImage::load(mem, Some(GuestAddress(HIMEM_START)), file, highmem).map_err(kernel_error)?;
             Ok(KernelEntry {
                 protocol: EntryProtocol::Linux64,
                 address: loaded.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET,
@@ -58,7 +63,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig, format: KernelForma
             })
         }
         KernelFormat::Elf => {
-            let loaded = Elf::load(mem, None, &mut file, highmem).map_err(kernel_error)?;
+            let loaded = Elf::load(mem, None, file, highmem).map_err(kernel_error)?;
             let (protocol, address) = match loaded.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(entry) => (EntryProtocol::Pvh, entry.raw_value()),
                 // An ELF vmlinux without a PVH note: its e_entry is the 64-bit entry.
@@ -70,9 +75,15 @@ pub fn load_kernel(mem: &GuestMemoryMmap, config: &VmConfig, format: KernelForma
 }
 
 /// Places the initrd at the top of low memory, page aligned, above the kernel.
-pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Result<InitrdRange, BootError> {
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    file: &mut File,
+    kernel_end: u64,
+) -> Result<InitrdRange, BootError> {
     let fail = |reason: String| BootError::Initrd { path: path.to_path_buf(), reason };
-    let mut file = File::open(path).map_err(|e| fail(e.to_string()))?;
+    // The descriptor is shared with earlier boots: read from the start.
+    file.seek(SeekFrom::Start(0)).map_err(|e| fail(e.to_string()))?;
     let size = file.metadata().map_err(|e| fail(e.to_string()))?.len();
     let low_end = mem
         .iter()
@@ -84,7 +95,7 @@ pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64) -> Resul
         .map(|a| a & !(PAGE_SIZE - 1))
         .filter(|&a| a >= kernel_end)
         .ok_or_else(|| fail(format!("{size} bytes do not fit in guest memory above the kernel")))?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize).map_err(|e| fail(e.to_string()))?;
+    mem.read_exact_volatile_from(GuestAddress(addr), file, size as usize).map_err(|e| fail(e.to_string()))?;
     Ok(InitrdRange { addr, size })
 }
 

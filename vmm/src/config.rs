@@ -161,20 +161,12 @@ impl VmConfig {
         }
         self.validate_memory()?;
         self.kernel_format()?;
-        if let Some(path) = &self.initrd {
-            File::open(path).map_err(|source| ConfigError::InitrdUnreadable { path: path.clone(), source })?;
-        }
+        self.open_initrd()?;
         validate_cmdline(&self.cmdline)?;
         if let Some(serial) = &self.serial {
             validate_firmware_serial(serial)?;
         }
-        if let Some(path) = &self.console.file {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(path)
-                .map_err(|source| ConfigError::ConsoleFile { path: path.clone(), source })?;
-        }
+        self.open_console_file()?;
         if self.disks.len() > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDisks { count: self.disks.len() });
         }
@@ -206,14 +198,37 @@ impl VmConfig {
 
     /// Opens the kernel and tells its format.
     pub fn kernel_format(&self) -> Result<KernelFormat, ConfigError> {
+        self.open_kernel().map(|(_, format)| format)
+    }
+
+    /// Opens the kernel image, checked to be a file of a format kvmlet boots.
+    pub fn open_kernel(&self) -> Result<(File, KernelFormat), ConfigError> {
         let unreadable = |source| ConfigError::KernelUnreadable { path: self.kernel.clone(), source };
         let mut file = File::open(&self.kernel).map_err(unreadable)?;
         if file.metadata().map_err(unreadable)?.is_dir() {
             return Err(unreadable(io::Error::from_raw_os_error(libc::EISDIR)));
         }
-        KernelFormat::detect(&mut file)
+        let format = KernelFormat::detect(&mut file)
             .map_err(unreadable)?
-            .ok_or_else(|| ConfigError::KernelFormat { path: self.kernel.clone() })
+            .ok_or_else(|| ConfigError::KernelFormat { path: self.kernel.clone() })?;
+        Ok((file, format))
+    }
+
+    /// Opens the initrd, if the config has one.
+    pub fn open_initrd(&self) -> Result<Option<File>, ConfigError> {
+        let Some(path) = &self.initrd else { return Ok(None) };
+        File::open(path).map(Some).map_err(|source| ConfigError::InitrdUnreadable { path: path.clone(), source })
+    }
+
+    /// Opens (creating it) the file the console appends to, if any.
+    pub fn open_console_file(&self) -> Result<Option<File>, ConfigError> {
+        let Some(path) = &self.console.file else { return Ok(None) };
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map(Some)
+            .map_err(|source| ConfigError::ConsoleFile { path: path.clone(), source })
     }
 }
 

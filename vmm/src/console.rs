@@ -85,8 +85,14 @@ impl Console {
             Some(path) => Some(std::fs::OpenOptions::new().append(true).create(true).open(path)?),
             None => None,
         };
+        Ok(Console::new(config, file))
+    }
+
+    /// The console `config` describes, appending to `file` (already opened
+    /// from `config.file`).
+    pub fn new(config: &ConsoleConfig, file: Option<std::fs::File>) -> Self {
         let ring = (config.ring_bytes > 0).then(|| ConsoleRing::new(config.ring_bytes));
-        Ok(Console { file, ring, stdout: config.stdout })
+        Console { file, ring, stdout: config.stdout }
     }
 
     pub fn ring(&self) -> Option<ConsoleRing> {

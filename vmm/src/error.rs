@@ -36,6 +36,8 @@ pub enum Error {
     Console(#[source] std::io::Error),
     #[error("start vCPU thread")]
     Thread(#[source] std::io::Error),
+    #[error("the opened host files do not match the config's {0}")]
+    FilesMismatch(&'static str),
     #[error("the VM was already started")]
     AlreadyStarted,
 }

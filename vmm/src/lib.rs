@@ -16,6 +16,8 @@ pub mod dhcp;
 mod error;
 mod exit;
 pub mod firmware;
+mod host_files;
+pub mod jail;
 pub mod net_config;
 pub mod nocloud;
 pub mod seccomp;
@@ -26,5 +28,6 @@ pub use config::{ConfigError, ConsoleConfig, DiskConfig, KernelFormat, VmConfig}
 pub use console::ConsoleRing;
 pub use error::Error;
 pub use exit::ExitReason;
+pub use host_files::HostFiles;
 pub use net_config::{DhcpLease, MacAddr, NetConfig, PrivateOption, TapSource};
 pub use vm::{Vm, VmHandle};

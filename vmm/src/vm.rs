@@ -31,6 +31,7 @@ use crate::devices::Bus;
 use crate::error::Error;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::firmware;
+use crate::host_files::HostFiles;
 use crate::vcpu::{install_kick_handler, kick_signal, Vcpu};
 
 /// How long `wait` keeps kicking vCPUs that do not leave KVM_RUN.
@@ -79,19 +80,25 @@ pub struct Vm {
     console: Option<ConsoleRing>,
     memory: GuestMemoryMmap,
     _vm_fd: Arc<VmFd>,
-    _kvm: Kvm,
+    _kvm: Arc<Kvm>,
 }
 
 impl Vm {
-    /// Validates `config` and builds the VM; no vCPU runs until `start`.
+    /// Validates `config`, opens its files and builds the VM; no vCPU runs
+    /// until `start`.
     pub fn new(config: VmConfig) -> Result<Vm, Error> {
-        config.validate()?;
-        let kernel_format = config.kernel_format()?;
+        let files = HostFiles::open(&config)?;
+        Vm::with_files(config, files)
+    }
+
+    /// Builds the VM `config` describes on files already opened for it
+    /// (`HostFiles::open` of the same config): opens nothing by path.
+    pub fn with_files(config: VmConfig, files: HostFiles) -> Result<Vm, Error> {
+        let HostFiles { kvm, mut kernel, kernel_format, initrd, disks, taps, console } = files;
         let vcpus = config.vcpus;
         let span = tracing::info_span!("vm", vcpus, memory_mib = config.memory_mib);
         let _enter = span.enter();
 
-        let kvm = Kvm::new().map_err(Error::OpenKvm)?;
         for (cap, name) in
             [(Cap::Irqchip, "an in-kernel irqchip"), (Cap::Irqfd, "irqfd"), (Cap::Ioeventfd, "ioeventfd")]
         {
@@ -107,9 +114,11 @@ impl Vm {
         vm_fd.create_pit2(pit).map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
 
         // Kernel, initrd, command line, boot information, firmware tables.
-        let entry = boot::load_kernel(&memory, &config, kernel_format)?;
-        let initrd =
-            config.initrd.as_deref().map(|path| boot::load_initrd(&memory, path, entry.kernel_end)).transpose()?;
+        let entry = boot::load_kernel(&memory, &config.kernel, &mut kernel, kernel_format)?;
+        let initrd = match (initrd, &config.initrd) {
+            (Some(mut file), Some(path)) => Some(boot::load_initrd(&memory, path, &mut file, entry.kernel_end)?),
+            _ => None,
+        };
         let cmdline_len = boot::load_cmdline(&memory, &config.cmdline)?;
         let e820 = boot_params::e820_map(config.memory_bytes());
         let info = BootInfo { e820: &e820, cmdline_len, initrd };
@@ -119,7 +128,7 @@ impl Vm {
         }
         // Devices.
         let exit = Arc::new(ExitSignal::default());
-        let console = Console::open(&config.console).map_err(Error::Console)?;
+        let console = Console::new(&config.console, console);
         let console_ring = console.ring();
         let serial_irq = irq_line(&vm_fd, COM1_IRQ)?;
         let ged = Arc::new(Mutex::new(Ged::new(irq_line(&vm_fd, GED_IRQ)?)));
@@ -132,13 +141,18 @@ impl Vm {
         let mut mmio = Bus::new();
         mmio.insert(GED_MMIO_START, GED_MMIO_SIZE, ged.clone())?;
         let mut devices = MmioDeviceManager::new(&vm_fd, &memory);
+        let (mut disks, mut taps) =
+            (disks.into_iter().map(Some).collect::<Vec<_>>(), taps.into_iter().map(Some).collect::<Vec<_>>());
         for slot in manager::plan(&config) {
             let device: Box<dyn VirtioDevice> = match slot.role {
-                VirtioRole::Disk(index) => Box::new(block_device(index, &config.disks[index])?),
-                VirtioRole::Net(index) => Box::new(
-                    Net::new(&config.nets[index])
-                        .map_err(|e| Error::Device(format!("nets[{index}].tap: {}", error_chain(&e))))?,
-                ),
+                VirtioRole::Disk(index) => {
+                    let file = disks.get_mut(index).and_then(Option::take).ok_or(Error::FilesMismatch("disks"))?;
+                    Box::new(block_device(index, file, &config.disks[index])?)
+                }
+                VirtioRole::Net(index) => {
+                    let tap = taps.get_mut(index).and_then(Option::take).ok_or(Error::FilesMismatch("nets"))?;
+                    Box::new(Net::with_backend(tap, &config.nets[index]))
+                }
             };
             devices.attach(&mut mmio, slot, device)?;
         }
@@ -306,14 +320,13 @@ fn guest_memory(vm_fd: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
     Ok(memory)
 }
 
-/// virtio-blk for `disks[index]`.
-fn block_device(index: usize, disk: &DiskConfig) -> Result<Block, Error> {
-    let file = disk.open(index)?;
+/// virtio-blk for `disks[index]`, on its opened image.
+fn block_device(index: usize, file: std::fs::File, disk: &DiskConfig) -> Result<Block, Error> {
     Block::new(file, disk.readonly, disk.serial.as_deref()).map_err(|e| Error::Device(format!("disks[{index}]: {e}")))
 }
 
 /// An error and its sources, for a message that must stand alone.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 use nix::sys::signal::{SigSet, Signal};
+use vmm::jail::JailConfig;
 use vmm::seccomp::{self, SeccompMode, ThreadKind};
-use vmm::{ExitReason, Vm, VmHandle};
+use vmm::{ExitReason, HostFiles, Vm, VmHandle};
 
 use super::vm_args::VmArgs;
 
@@ -35,6 +36,17 @@ pub struct RunArgs {
     /// names it. Hidden; only tests pass it.
     #[arg(long, hide = true)]
     pub test_forbidden_syscall: bool,
+    /// Run as root without the VM jail (namespaces, unprivileged user,
+    /// Landlock); for local experiments only. Without root there is no jail.
+    #[arg(long)]
+    pub no_jail: bool,
+    /// The unprivileged user and group the jailed VM runs as (numeric, never 0).
+    #[arg(long, value_name = "UID:GID", default_value = "107:107")]
+    pub vm_user: vmm::jail::VmUser,
+    /// Test hook: once jailed, try CHECK (open, connect, forbidden-syscall)
+    /// and print the outcome on standard error. Hidden; only tests pass it.
+    #[arg(long, hide = true, value_name = "CHECK")]
+    pub test_jail_check: Option<proto::debug::JailCheck>,
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -46,14 +58,27 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     signals.thread_block()?;
 
     seccomp::configure(args.seccomp)?;
-    seccomp::enter(ThreadKind::Control)?;
-    let prepared = args.vm.prepare()?;
-    let mut config = prepared.config.clone();
+    let mut prepared = args.vm.prepare()?;
     // A machine without a UUID is no machine a guest can tell apart: give it
     // a fresh one, as virt-install and cloud-hypervisor do.
-    config.uuid.get_or_insert_with(uuid::Uuid::new_v4);
-    config.console.stdout = true;
-    let mut vm = Vm::new(config)?;
+    prepared.config.uuid.get_or_insert_with(uuid::Uuid::new_v4);
+    prepared.config.console.stdout = true;
+    let files = HostFiles::open(&prepared.config)?;
+    // Opened: the seed's temporary file can go before the jail hides it.
+    let config = prepared.into_config();
+    if args.no_jail || !nix::unistd::geteuid().is_root() {
+        tracing::info!("running without the VM jail");
+    } else {
+        // Its own empty network namespace too: a tap is already open.
+        let jail = JailConfig { root: std::env::temp_dir(), user: args.vm_user, new_network: true };
+        let landlock = vmm::jail::enter(&jail)?;
+        tracing::debug!(user = %args.vm_user, ?landlock, "jailed");
+    }
+    seccomp::enter(ThreadKind::Control)?;
+    if let Some(check) = args.test_jail_check {
+        eprintln!("jail check: {}", crate::vmprocess::jail_checks::attempt(check));
+    }
+    let mut vm = Vm::with_files(config, files)?;
     spawn_signal_thread(signals, vm.handle());
     vm.start()?;
     if args.test_forbidden_syscall {

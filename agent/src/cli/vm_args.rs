@@ -89,6 +89,13 @@ pub struct PreparedVm {
     _seed: Option<tempfile::NamedTempFile>,
 }
 
+impl PreparedVm {
+    /// The config, once its files are open: the seed's temporary file is removed.
+    pub fn into_config(self) -> VmConfig {
+        self.config
+    }
+}
+
 /// Parses `PATH[,readonly][,serial=S]`, the way cloud-hypervisor's `--disk` reads.
 fn parse_disk(spec: &str) -> Result<DiskConfig, String> {
     let mut parts = spec.split(',');

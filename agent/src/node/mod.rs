@@ -81,6 +81,10 @@ pub struct NodeConfig {
     /// The most VMs this node runs (`--max-vms`, published as `pods`);
     /// None: derived from the host's limits (`registration::derived_max_vms`).
     pub max_vms: Option<u64>,
+    /// Who VM processes jail themselves as (`--vm-user`).
+    pub vm_user: vmm::jail::VmUser,
+    /// VM processes answer `testJail` requests (`--test-vm-hooks`, tests only).
+    pub test_vm_hooks: bool,
     /// Registry mirrors and insecure registries for image pulls.
     pub registry: crate::images::reference::RegistryConfig,
 }

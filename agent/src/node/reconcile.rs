@@ -214,7 +214,13 @@ async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Re
         return fail(vmi, &e.field, &e.message, ctx).await;
     }
     let identity = VmIdentity { namespace: vmi.namespace().unwrap_or_default(), name: vmi.name_any(), uid: uid.into() };
-    let mut record = VmRecord { identity, config: plan.config, netns: None };
+    let mut record = VmRecord {
+        identity,
+        config: plan.config,
+        netns: None,
+        vm_user: Some(ctx.config.vm_user),
+        test_hooks: ctx.config.test_vm_hooks,
+    };
     if let (Some(cni), Some(interface)) = (&ctx.config.cni, &plan.interface) {
         match vm_network::attach(cni, &dir, uid, &interface.ports) {
             Ok(attached) => {

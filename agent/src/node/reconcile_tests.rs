@@ -48,6 +48,8 @@ fn node() -> Node {
         cpu_allocation_ratio: 1,
         memory_capacity_mib: None,
         max_vms: None,
+        vm_user: vmm::jail::VmUser::DEFAULT,
+        test_vm_hooks: false,
         registry: Default::default(),
     };
     let (poke, _pokes) = tokio::sync::mpsc::unbounded_channel();
@@ -96,7 +98,12 @@ impl Node {
         std::fs::create_dir_all(dir.path()).unwrap();
         let config = serde_json::from_value(json!({"vcpus": 1, "memoryMib": 64, "kernel": "/k"})).unwrap();
         let identity = VmIdentity { namespace: "default".into(), name: vmi.name_any(), uid };
-        self.ctx.vms.insert(VmRecord { identity, config, netns: None }, dir.clone(), Some(4242), process);
+        self.ctx.vms.insert(
+            VmRecord { identity, config, netns: None, vm_user: None, test_hooks: false },
+            dir.clone(),
+            Some(4242),
+            process,
+        );
         dir
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod client;
+pub mod jail_checks;
 pub mod server;
 pub mod state_dir;
 

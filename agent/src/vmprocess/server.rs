@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use proto::debug::{ControlRequest, VmExit, VmExitKind, VmProcessState, VmProcessStatus};
-use vmm::{ExitReason, Vm, VmHandle};
+use vmm::jail::JailConfig;
+use vmm::{ExitReason, HostFiles, Vm, VmHandle};
 
 use super::state_dir::{StateDir, VmIdentity};
 
@@ -38,6 +39,8 @@ pub enum VmProcessError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Jail(#[from] vmm::jail::JailError),
 }
 
 /// What the control threads share with the thread that runs the guest.
@@ -46,6 +49,8 @@ struct Shared {
     changed: Condvar,
     vm: Mutex<Option<VmHandle>>,
     kill_requested: AtomicBool,
+    /// Answer `testJail` requests (set by the agent's `--test-vm-hooks`).
+    test_hooks: bool,
 }
 
 impl Shared {
@@ -82,11 +87,9 @@ pub fn run(dir: &StateDir) -> Result<VmExit, VmProcessError> {
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|errno| netns_error(io::Error::from(errno)))?;
     }
-    // Then this thread's seccomp filter (setns is not on its list); every
-    // thread started from here on inherits it before entering its own.
-    vmm::seccomp::enter(vmm::seccomp::ThreadKind::Control)?;
     let pid = std::process::id();
     std::fs::write(dir.pid(), format!("{pid}\n")).map_err(fail)?;
+    let exit_record = dir.create_exit_record().map_err(fail)?;
 
     let shared = Arc::new(Shared {
         status: Mutex::new((
@@ -103,23 +106,42 @@ pub fn run(dir: &StateDir) -> Result<VmExit, VmProcessError> {
         changed: Condvar::new(),
         vm: Mutex::new(None),
         kill_requested: AtomicBool::new(false),
+        test_hooks: record.test_hooks,
     });
     let socket = dir.control_socket();
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).map_err(VmProcessError::ControlSocket)?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(VmProcessError::ControlSocket)?;
+
+    // Everything the guest will use is opened now (in the VM's network
+    // namespace, where its tap is), then the process locks itself in. A VM
+    // that cannot be built still jails itself: the exit is recorded the same way.
+    let mut config = record.config.clone();
+    config.console.file = Some(dir.serial_log());
+    let files = HostFiles::open(&config);
+    if let Some(user) = record.vm_user {
+        let jail = JailConfig { root: dir.jail_root(), user, new_network: record.netns.is_none() };
+        std::fs::create_dir_all(&jail.root).map_err(fail)?;
+        let landlock = vmm::jail::enter(&jail)?;
+        tracing::info!(%user, ?landlock, "jailed");
+    }
+    // Then this thread's seccomp filter (setns, mount and the jail's other
+    // calls are not on its list); every thread started from here on
+    // inherits it before entering its own.
+    vmm::seccomp::enter(vmm::seccomp::ThreadKind::Control)?;
     let accept_shared = shared.clone();
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || accept(listener, accept_shared))
         .map_err(VmProcessError::ControlSocket)?;
 
-    let mut config = record.config.clone();
-    config.console.file = Some(dir.serial_log());
-    let exit = run_guest(&shared, config);
+    let exit = match files {
+        Ok(files) => run_guest(&shared, config, files),
+        Err(e) => VmExit { kind: VmExitKind::Error, message: crate::errors::with_causes(&e), at_ms: now_ms() },
+    };
     tracing::info!(exit = ?exit.kind, message = %exit.message, "guest stopped");
     // exit.json first: whoever sees the socket close can then read why.
-    if let Err(e) = dir.write_exit(&exit) {
+    if let Err(e) = exit_record.write(&exit) {
         tracing::error!(error = %e, "cannot record the exit");
     }
     shared.update(|status| {
@@ -129,11 +151,16 @@ pub fn run(dir: &StateDir) -> Result<VmExit, VmProcessError> {
     Ok(exit)
 }
 
-/// Boots the guest, again after each reboot, until it stops for another reason.
-fn run_guest(shared: &Shared, config: vmm::VmConfig) -> VmExit {
+/// Boots the guest, again after each reboot, until it stops for another
+/// reason. Each boot works on its own duplicates of `files`.
+fn run_guest(shared: &Shared, config: vmm::VmConfig, files: HostFiles) -> VmExit {
     let exit = |kind, message: String| VmExit { kind, message, at_ms: now_ms() };
     loop {
-        let mut vm = match Vm::new(config.clone()) {
+        let boot_files = match files.try_clone() {
+            Ok(files) => files,
+            Err(e) => return exit(VmExitKind::Error, format!("duplicate the VM's files: {e}")),
+        };
+        let mut vm = match Vm::with_files(config.clone(), boot_files) {
             Ok(vm) => vm,
             Err(e) => return exit(VmExitKind::Error, crate::errors::with_causes(&e)),
         };
@@ -270,6 +297,8 @@ fn handle(request: &ControlRequest, shared: &Shared) -> Result<(), String> {
             let vm = vm.ok_or("the guest is not running")?;
             type_slowly(&vm, &bytes)
         }
+        ControlRequest::TestJail { check } if shared.test_hooks => Err(super::jail_checks::attempt(*check)),
+        ControlRequest::TestJail { .. } => Err("testJail: this VM process was not started with test hooks".into()),
     }
 }
 

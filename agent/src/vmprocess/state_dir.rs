@@ -42,6 +42,13 @@ pub struct VmRecord {
     /// enters before anything else: its tap is there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<std::path::PathBuf>,
+    /// Who the VM process jails itself as (`vmm::jail`). None only in records
+    /// written before the jail existed: the agent always sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_user: Option<vmm::jail::VmUser>,
+    /// Answer `testJail` control requests (the agent's hidden `--test-vm-hooks`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test_hooks: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +96,10 @@ impl StateDir {
     pub fn vmm_log(&self) -> PathBuf {
         self.path.join("vmm.log")
     }
+    /// The empty directory the jailed VM process mounts its own root on.
+    pub fn jail_root(&self) -> PathBuf {
+        self.path.join("root")
+    }
     pub fn disks(&self) -> PathBuf {
         self.path.join("disks")
     }
@@ -109,6 +120,14 @@ impl StateDir {
 
     pub fn write_exit(&self, exit: &VmExit) -> io::Result<()> {
         write_atomically(&self.exit(), &serde_json::to_vec(exit)?)
+    }
+
+    /// Creates an empty `exit.json` (read as no exit yet) and keeps it open:
+    /// a jailed VM process can open no path when the guest ends.
+    pub fn create_exit_record(&self) -> io::Result<ExitRecord> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(self.exit())?;
+        Ok(ExitRecord(file))
     }
 
     pub fn read_pid(&self) -> Option<u32> {
@@ -145,6 +164,21 @@ impl StateDir {
 }
 
 /// `RUN_DIR/vms`, where every VM's state directory lives.
+/// The open, still empty `exit.json` of a running VM process.
+pub struct ExitRecord(File);
+
+impl ExitRecord {
+    /// Writes the exit in one piece and syncs it, before the process ends
+    /// (the agent reads it once the process's lock is released).
+    pub fn write(mut self, exit: &VmExit) -> io::Result<()> {
+        use std::io::Write;
+        let bytes = serde_json::to_vec(exit)?;
+        self.0.set_len(0)?;
+        self.0.write_all(&bytes)?;
+        self.0.sync_all()
+    }
+}
+
 pub fn vms_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("vms")
 }

@@ -73,6 +73,12 @@ impl Backend {
         Ok(Backend { file, is_tap: true })
     }
 
+    /// A second descriptor for the same tap or socket (each boot of a VM
+    /// process gets its own; closing it leaves the others working).
+    pub fn try_clone(&self) -> io::Result<Backend> {
+        Ok(Backend { file: self.file.try_clone()?, is_tap: self.is_tap })
+    }
+
     /// A backend that is not a tap: one end of a socket pair (tests, benchmarks).
     pub fn from_socket(fd: OwnedFd) -> io::Result<Backend> {
         set_nonblocking(fd.as_raw_fd())?;

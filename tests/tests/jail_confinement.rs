@@ -1,0 +1,157 @@
+//! The VM process's jail beyond seccomp (`vmm::jail`): its own mount, IPC,
+//! UTS and network namespaces with an empty read-only root, an unprivileged
+//! uid/gid without capabilities, and Landlock; checked from outside through
+//! /proc and from inside through the test hooks, for `kvmlet run` and for the
+//! node loop.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use e2e::node::*;
+use e2e::standalone::Standalone;
+use e2e::{kvmlet_bin, probe};
+use kube::api::Api;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use proto::kubevirt::{VirtualMachineInstance, VirtualMachineInstancePhase as Phase};
+
+/// A field of /proc/PID/status.
+fn status_field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let prefix = format!("{name}:");
+    status.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().to_owned()).unwrap_or_default()
+}
+
+/// The process runs as 107:107 with no groups, no capabilities at all,
+/// no-new-privs and a seccomp filter; it has its own mount, IPC, UTS and
+/// network namespaces (not `reference`'s); its root is empty.
+fn assert_jailed(pid: u32, reference: u32) {
+    assert_eq!(status_field(pid, "Uid"), "107\t107\t107\t107");
+    assert_eq!(status_field(pid, "Gid"), "107\t107\t107\t107");
+    assert_eq!(status_field(pid, "Groups"), "");
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    for ns in ["mnt", "ipc", "uts", "net"] {
+        let of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert_ne!(of(pid), of(reference), "{ns} namespace");
+    }
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root")).unwrap().collect();
+    assert!(root.is_empty(), "the jail's root is empty: {root:?}");
+}
+
+#[test]
+fn kvmlet_run_jails_the_vm_and_the_guest_still_powers_off() {
+    let mut child = Command::new(kvmlet_bin())
+        .args(["run", "--cmdline", "probe.action=wait", "--kernel"])
+        .arg(&probe().bzimage)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("waiting for power button") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "kvmlet exited early");
+    }
+    assert_jailed(child.id(), std::process::id());
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0), "the guest powered off through the power button");
+}
+
+/// `kvmlet run --test-jail-check CHECK` with extra flags: its stderr line.
+fn run_check(check: &str, extra: &[&str]) -> String {
+    let output = Command::new(kvmlet_bin())
+        .args(["run", "--cmdline", "probe.action=poweroff", "--test-jail-check", check, "--kernel"])
+        .arg(&probe().bzimage)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    stderr.lines().find(|l| l.starts_with("jail check: ")).unwrap_or_else(|| panic!("no outcome in {stderr}")).into()
+}
+
+#[test]
+fn inside_the_jail_no_host_file_or_tcp_connection_is_reachable() {
+    // Seccomp off, so that each of the other layers is seen on its own.
+    let open = run_check("open", &["--seccomp", "off"]);
+    assert!(open.contains("open /etc/passwd: No such file or directory"), "not in the new root: {open}");
+    assert!(open.contains("list /: Permission denied"), "Landlock refuses even the empty root: {open}");
+    let connect = run_check("connect", &["--seccomp", "off"]);
+    assert!(connect.contains("connect 127.0.0.1:22: Permission denied"), "Landlock refuses TCP connect: {connect}");
+
+    // Without the jail the same attempts reach the host.
+    let open = run_check("open", &["--seccomp", "off", "--no-jail"]);
+    assert!(open.contains("open /etc/passwd: allowed"), "{open}");
+}
+
+#[test]
+fn the_vm_user_is_numeric_and_never_root() {
+    for (user, says) in [("0:0", "must not run as root"), ("qemu:qemu", "is not a number")] {
+        let output = Command::new(kvmlet_bin())
+            .args(["run", "--cmdline", "probe.action=poweroff", "--vm-user", user, "--kernel"])
+            .arg(&probe().bzimage)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--vm-user") && stderr.contains(says), "{stderr}");
+    }
+    let output = Command::new(kvmlet_bin()).args(["agent", "--no-jail"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "the agent has no --no-jail: {stderr}");
+    assert!(stderr.contains("--no-jail"), "{stderr}");
+}
+
+/// One request on a VM process's control socket; its answer.
+fn control(server: &Standalone, uid: &str, request: &str) -> serde_json::Value {
+    let socket = server.run_dir().join("vms").join(uid).join("control.sock");
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    writeln!(stream, "{request}").unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+#[tokio::test]
+async fn the_node_loop_runs_its_vm_process_jailed() {
+    let server = Standalone::with_node(&["--test-vm-hooks"]);
+    let client = server.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    create(&vmis, &probe_vmi("jailed", "probe.action=wait", 30)).await;
+    let running = wait_for_phase(&vmis, &server, "jailed", Phase::Running).await;
+    let uid = running.metadata.uid.unwrap();
+    let pid = ps_entry(&server, "jailed").unwrap()["pid"].as_u64().unwrap() as u32;
+    assert_jailed(pid, server.pid());
+
+    let answer = control(&server, &uid, r#"{"op":"testJail","check":"open"}"#);
+    let outcome = answer["error"].as_str().unwrap();
+    assert!(outcome.contains("list /: Permission denied"), "{outcome}");
+    assert!(outcome.contains("open /etc/passwd: No such file or directory"), "{outcome}");
+    assert_eq!(answer["state"], "Running");
+
+    // connect is on no thread's seccomp list: the VM process is stopped and
+    // the VMI fails naming the syscall.
+    let _ = std::os::unix::net::UnixStream::connect(server.run_dir().join("vms").join(&uid).join("control.sock"))
+        .map(|mut s| writeln!(s, r#"{{"op":"testJail","check":"connect"}}"#));
+    let failed = wait_for_phase(&vmis, &server, "jailed", Phase::Failed).await;
+    let status = failed.status.unwrap();
+    let reason = format!("{:?} {:?}", status.reason, status.conditions);
+    assert!(reason.contains("seccomp refused syscall connect"), "{reason}");
+}
+
+#[tokio::test]
+async fn test_hooks_are_refused_unless_the_agent_enabled_them() {
+    let server = Standalone::with_node(&[]);
+    let client = server.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    create(&vmis, &probe_vmi("plain", "probe.action=wait", 30)).await;
+    let running = wait_for_phase(&vmis, &server, "plain", Phase::Running).await;
+    let answer = control(&server, &running.metadata.uid.unwrap(), r#"{"op":"testJail","check":"open"}"#);
+    assert_eq!(answer["error"], "testJail: this VM process was not started with test hooks");
+    assert_eq!(answer["state"], "Running");
+}

@@ -1,8 +1,9 @@
 //! Helpers shared by the end-to-end tests: the kvmlet binary, the probe guest
 //! image and the real tools the tests check our output with.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub mod bench;
@@ -40,6 +41,27 @@ pub fn kvmlet_bin() -> &'static Path {
         assert!(status.success(), "cargo build -p kvmlet-agent failed");
         target_dir().join("debug").join("kvmlet")
     })
+}
+
+/// `kvmlet run --kernel <the probe's bzImage> ARGS`, its console on a pipe and
+/// its log discarded, returned once the console printed a line containing
+/// `marker` (panics if kvmlet exits first).
+pub fn run_probe_until(args: &[&str], marker: &str) -> (Child, BufReader<ChildStdout>) {
+    let mut child = Command::new(kvmlet_bin())
+        .arg("run")
+        .arg("--kernel")
+        .arg(&probe().bzimage)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kvmlet run");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut console = String::new();
+    while !console.contains(marker) {
+        assert!(stdout.read_line(&mut console).expect("read the console") > 0, "kvmlet exited early: {console}");
+    }
+    (child, stdout)
 }
 
 /// Paths of the probe guest images built by `tests/probe/build`.

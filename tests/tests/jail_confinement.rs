@@ -5,7 +5,7 @@
 //! node loop.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use e2e::node::*;
 use e2e::standalone::Standalone;
@@ -44,19 +44,7 @@ fn assert_jailed(pid: u32, reference: u32) {
 
 #[test]
 fn kvmlet_run_jails_the_vm_and_the_guest_still_powers_off() {
-    let mut child = Command::new(kvmlet_bin())
-        .args(["run", "--cmdline", "probe.action=wait", "--kernel"])
-        .arg(&probe().bzimage)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("waiting for power button") {
-        line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "kvmlet exited early");
-    }
+    let (mut child, _console) = e2e::run_probe_until(&["--cmdline", "probe.action=wait"], "waiting for power button");
     assert_jailed(child.id(), std::process::id());
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0), "the guest powered off through the power button");

@@ -3,8 +3,8 @@
 //! vCPU under its own on top of the control thread's, and a syscall outside
 //! a thread's list stops the VM with a message naming it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::BufReader;
+use std::process::{Child, ChildStdout, Command};
 
 use e2e::node::*;
 use e2e::standalone::Standalone;
@@ -44,23 +44,7 @@ fn assert_every_thread_filtered(pid: u32) {
 }
 
 fn start_run(extra: &[&str]) -> (Child, BufReader<ChildStdout>) {
-    let mut child = Command::new(kvmlet_bin())
-        .arg("run")
-        .arg("--kernel")
-        .arg(&probe().bzimage)
-        .args(["--cmdline", "probe.action=wait"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("waiting for power button") {
-        line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "kvmlet exited early");
-    }
-    (child, stdout)
+    e2e::run_probe_until(&[&["--cmdline", "probe.action=wait"], extra].concat(), "waiting for power button")
 }
 
 #[test]

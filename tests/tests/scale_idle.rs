@@ -1,32 +1,18 @@
 //! An idle VM costs its host nothing: a probe waiting for the power button
 //! (halted until the GED interrupt) leaves its VM process asleep.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::{BufReader, Read};
+use std::process::{Child, ChildStdout};
 use std::time::Duration;
 
-use e2e::{kvmlet_bin, probe};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// Starts `kvmlet run` with the probe doing `action`; returns once the
 /// probe says it waits for the power button.
 fn start_waiting(action: &str) -> (Child, BufReader<ChildStdout>) {
-    let mut child = Command::new(kvmlet_bin())
-        .arg("run")
-        .arg("--kernel")
-        .arg(&probe().bzimage)
-        .args(["--memory", "16", "--cmdline", &format!("probe.action={action}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut console = String::new();
-    while !console.contains("probe: waiting for power button") {
-        assert!(stdout.read_line(&mut console).unwrap() > 0, "kvmlet exited early: {console}");
-    }
-    (child, stdout)
+    let action = format!("probe.action={action}");
+    e2e::run_probe_until(&["--memory", "16", "--cmdline", &action], "probe: waiting for power button")
 }
 
 /// Voluntary plus involuntary context switches of every thread of `pid`.

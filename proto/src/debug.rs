@@ -40,6 +40,8 @@ pub enum JailCheck {
     Connect,
     /// A syscall outside the control thread's seccomp list (getpgrp).
     ForbiddenSyscall,
+    /// Allocate and touch up to 1 GiB of VMM memory, past a VM's memory cgroup limit.
+    Allocate,
 }
 
 impl std::str::FromStr for JailCheck {
@@ -50,7 +52,8 @@ impl std::str::FromStr for JailCheck {
             "open" => Ok(JailCheck::Open),
             "connect" => Ok(JailCheck::Connect),
             "forbidden-syscall" => Ok(JailCheck::ForbiddenSyscall),
-            _ => Err(format!("`{text}`: expected open, connect or forbidden-syscall")),
+            "allocate" => Ok(JailCheck::Allocate),
+            _ => Err(format!("`{text}`: expected open, connect, forbidden-syscall or allocate")),
         }
     }
 }

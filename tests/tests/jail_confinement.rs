@@ -143,3 +143,84 @@ async fn test_hooks_are_refused_unless_the_agent_enabled_them() {
     assert_eq!(answer["error"], "testJail: this VM process was not started with test hooks");
     assert_eq!(answer["state"], "Running");
 }
+
+/// Cgroup parents for a test, one per hierarchy holding memory, pids or cpu
+/// (the cgroup v2 root, or each v1 hierarchy), under a name of the test's
+/// own; None where this host has no writable cgroup tree.
+fn test_cgroup_parents(name: &str) -> Option<Vec<std::path::PathBuf>> {
+    let v2 = std::path::Path::new("/sys/fs/cgroup");
+    let roots: Vec<std::path::PathBuf> = if v2.join("cgroup.controllers").exists() {
+        vec![v2.to_path_buf()]
+    } else {
+        ["memory", "pids", "cpu"].iter().map(|h| v2.join(h)).filter(|h| h.join("cgroup.procs").exists()).collect()
+    };
+    let parents: Vec<_> = roots.iter().map(|root| root.join(format!("{name}-{}", std::process::id()))).collect();
+    let writable = parents.iter().all(|p| std::fs::create_dir(p).is_ok());
+    (writable && !parents.is_empty()).then_some(parents)
+}
+
+/// The value of `file` in whichever VM cgroup has it.
+fn cgroup_value(cgroups: &[std::path::PathBuf], files: &[&str]) -> Option<String> {
+    cgroups.iter().find_map(|cgroup| {
+        files.iter().find_map(|file| std::fs::read_to_string(cgroup.join(file)).ok().map(|v| v.trim().to_owned()))
+    })
+}
+
+#[tokio::test]
+async fn the_vm_process_is_limited_by_its_cgroups_and_an_oom_kill_is_reported() {
+    let Some(parents) = test_cgroup_parents("kvmlet-jail-test") else {
+        eprintln!("SKIPPED: no writable cgroup tree on this host (neither cgroup v2 nor v1 memory/pids/cpu)");
+        return;
+    };
+    let mut args = vec!["--test-vm-hooks".to_owned()];
+    for parent in &parents {
+        args.extend(["--cgroup-parent".to_owned(), parent.display().to_string()]);
+    }
+    let server = Standalone::with_node(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let client = server.client().await;
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    // probe_vmi asks for 64Mi and one vCPU.
+    create(&vmis, &probe_vmi("limited", "probe.action=wait", 30)).await;
+    let running = wait_for_phase(&vmis, &server, "limited", Phase::Running).await;
+    let uid = running.metadata.uid.unwrap();
+    let pid = ps_entry(&server, "limited").unwrap()["pid"].as_u64().unwrap() as u32;
+    let cgroups: Vec<_> = parents.iter().map(|p| p.join(&uid)).collect();
+
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for parent in &parents {
+        let name = parent.file_name().unwrap().to_str().unwrap();
+        assert!(membership.contains(&format!("/{name}/{uid}\n")), "in {name}: {membership}");
+    }
+    let limit = cgroup_value(&cgroups, &["memory.max", "memory.limit_in_bytes"]).expect("a memory limit");
+    assert_eq!(limit, ((64u64 + 64) << 20).to_string(), "guest memory + the VMM's 64 MiB");
+    if let Some(pids) = cgroup_value(&cgroups, &["pids.max"]) {
+        assert_eq!(pids, "65");
+    }
+    if let Some(quota) = cgroup_value(&cgroups, &["cpu.cfs_quota_us"]) {
+        assert_eq!(quota, "100000", "one CPU for one vCPU");
+    }
+    if let Some(max) = cgroup_value(&cgroups, &["cpu.max"]) {
+        assert_eq!(max, "100000 100000");
+    }
+    let peak = cgroup_value(&cgroups, &["memory.peak", "memory.max_usage_in_bytes"]);
+    eprintln!("VM process memory peak so far: {peak:?} bytes");
+
+    // The VMM outgrows its limit: the kernel kills it, the VMI says why.
+    let socket = server.run_dir().join("vms").join(&uid).join("control.sock");
+    let _ = std::os::unix::net::UnixStream::connect(socket)
+        .map(|mut s| writeln!(s, r#"{{"op":"testJail","check":"allocate"}}"#));
+    let failed = wait_for_phase(&vmis, &server, "limited", Phase::Failed).await;
+    let status = format!("{:?}", failed.status.unwrap());
+    assert!(status.contains("was killed by its memory cgroup"), "{status}");
+    assert!(status.contains("limit of 128 MiB"), "{status}");
+
+    // Deleting the VMI removes its cgroups.
+    vmis.delete("limited", &Default::default()).await.unwrap();
+    wait_gone(&vmis, &server, "limited").await;
+    for cgroup in &cgroups {
+        assert!(!cgroup.exists(), "{} is removed", cgroup.display());
+    }
+    for parent in &parents {
+        let _ = std::fs::remove_dir(parent);
+    }
+}

@@ -36,10 +36,12 @@ pub struct NodeArgs {
     /// Kernel command line for VMIs without kernelBoot.kernelArgs.
     #[arg(long, value_name = "STR", default_value = "console=ttyS0", env = "KVMLET_DEFAULT_CMDLINE")]
     pub default_cmdline: String,
-    /// Host cgroup directory to move each VM process under (as DIR/<uid>), so
-    /// VMs leave the agent's container cgroup (DaemonSet deployments).
-    #[arg(long, value_name = "DIR", env = "KVMLET_CGROUP_PARENT")]
-    pub cgroup_parent: Option<PathBuf>,
+    /// Host cgroup directory each VM process is placed and limited under (as
+    /// DIR/<uid>: memory, pids and cpu, where DIR's hierarchy has them), so
+    /// VMs also leave the agent's container cgroup (DaemonSet deployments).
+    /// Repeatable: on a cgroup v1 host, one per hierarchy.
+    #[arg(long = "cgroup-parent", value_name = "DIR", env = "KVMLET_CGROUP_PARENT", value_delimiter = ',')]
+    pub cgroup_parents: Vec<PathBuf>,
     /// Seconds between Node heartbeats.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, env = "KVMLET_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: u64,
@@ -167,7 +169,7 @@ impl NodeArgs {
                 }),
             },
             cni,
-            cgroup_parent: self.cgroup_parent.clone(),
+            cgroup_parents: self.cgroup_parents.clone(),
             exe: std::env::current_exe()?,
             heartbeat_interval: Duration::from_secs(self.heartbeat_interval),
             cpu_allocation_ratio: self.cpu_allocation_ratio,

@@ -70,7 +70,7 @@ pub struct NodeConfig {
     /// VMs run without a NIC.
     pub cni: Option<cni::CniNetwork>,
     /// Host cgroup directory that VM processes are moved under (DaemonSet).
-    pub cgroup_parent: Option<PathBuf>,
+    pub cgroup_parents: Vec<PathBuf>,
     /// The kvmlet binary, re-executed as `kvmlet vm-process` for each VM.
     pub exe: PathBuf,
     pub heartbeat_interval: Duration,
@@ -140,9 +140,7 @@ impl NodeContext {
         if let Err(e) = entry.dir.remove() {
             tracing::warn!(error = %e, "cannot remove the VM's state directory");
         }
-        if let Some(parent) = &self.config.cgroup_parent {
-            crate::vmprocess::cgroup::remove(parent, &entry.dir);
-        }
+        crate::vmprocess::cgroup::remove(&self.config.cgroup_parents, &entry.dir);
         self.vms.update(&entry.identity.uid, |e| e.cleaned = true);
     }
 

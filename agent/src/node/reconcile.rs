@@ -18,6 +18,7 @@ use super::report::PhaseChange;
 use super::vms::{Shutdown, VmEntry};
 use super::{disks, translate, vm_network, NodeContext};
 use crate::images;
+use crate::vmprocess::cgroup;
 use crate::vmprocess::state_dir::{StateDir, VmIdentity, VmRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +219,7 @@ async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Re
         identity,
         config: plan.config,
         netns: None,
+        cgroups: Vec::new(),
         vm_user: Some(ctx.config.vm_user),
         test_hooks: ctx.config.test_vm_hooks,
     };
@@ -238,7 +240,20 @@ async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Re
         }
     }
     let (vcpus, memory) = (record.config.vcpus, record.config.memory_mib);
-    if let Err(e) = ctx.vms.start(record, dir.clone(), &ctx.config.exe, ctx.config.cgroup_parent.as_deref()) {
+    let limits = cgroup::VmLimits::of(&record.config);
+    match cgroup::prepare(&ctx.config.cgroup_parents, &dir, &limits) {
+        Ok(cgroups) => record.cgroups = cgroups,
+        Err(e) => {
+            cgroup::remove(&ctx.config.cgroup_parents, &dir);
+            if let Some(cni) = &ctx.config.cni {
+                vm_network::detach(cni, &dir, uid);
+            }
+            let _ = dir.remove();
+            return fail(vmi, "node", &format!("cannot prepare the VM's cgroups: {e}"), ctx).await;
+        }
+    }
+    if let Err(e) = ctx.vms.start(record, dir.clone(), &ctx.config.exe) {
+        cgroup::remove(&ctx.config.cgroup_parents, &dir);
         if let Some(cni) = &ctx.config.cni {
             vm_network::detach(cni, &dir, uid);
         }

@@ -40,7 +40,7 @@ fn node() -> Node {
             host_disks: Default::default(),
             pod_network: None,
         },
-        cgroup_parent: None,
+        cgroup_parents: Vec::new(),
         cni: None,
         // Never spawned here: these tests stop short of starting VM processes.
         exe: dir.path().join("no-kvmlet"),
@@ -99,7 +99,7 @@ impl Node {
         let config = serde_json::from_value(json!({"vcpus": 1, "memoryMib": 64, "kernel": "/k"})).unwrap();
         let identity = VmIdentity { namespace: "default".into(), name: vmi.name_any(), uid };
         self.ctx.vms.insert(
-            VmRecord { identity, config, netns: None, vm_user: None, test_hooks: false },
+            VmRecord { identity, config, netns: None, cgroups: Vec::new(), vm_user: None, test_hooks: false },
             dir.clone(),
             Some(4242),
             process,

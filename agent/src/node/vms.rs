@@ -100,6 +100,19 @@ fn exit_of(dir: &StateDir, pid: Option<u32>) -> VmExit {
 /// A VM process that died without recording an exit (killed, crashed).
 pub fn died(dir: &StateDir, pid: Option<u32>) -> VmExit {
     let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    let cgroups = dir.read_record().map(|record| record.cgroups).unwrap_or_default();
+    if let Some(limit) = crate::vmprocess::cgroup::oom_killed(&cgroups) {
+        let allowance = crate::vmprocess::cgroup::VMM_MEMORY_ALLOWANCE_MIB;
+        return VmExit {
+            kind: proto::debug::VmExitKind::Error,
+            message: format!(
+                "the VM process{pid} was killed by its memory cgroup: it needed more than its limit of {} MiB \
+                 (guest memory + {allowance} MiB for the VMM)",
+                limit >> 20
+            ),
+            at_ms: now_ms(),
+        };
+    }
     let log = std::fs::read_to_string(dir.vmm_log()).unwrap_or_default();
     let last = log.lines().rev().find(|l| !l.trim().is_empty());
     let last = last.map(|l| format!(": {}", l.trim())).unwrap_or_default();
@@ -174,9 +187,9 @@ impl VmTable {
     }
 
     /// Writes the record, starts the VM process and watches it.
-    pub fn start(&self, record: VmRecord, dir: StateDir, exe: &Path, cgroup: Option<&Path>) -> std::io::Result<()> {
+    pub fn start(&self, record: VmRecord, dir: StateDir, exe: &Path) -> std::io::Result<()> {
         dir.write_record(&record)?;
-        let pid = client::spawn(exe, &dir, cgroup)?;
+        let pid = client::spawn(exe, &dir)?;
         self.insert(record, dir.clone(), Some(pid), Process::Starting);
         self.watch(dir, true);
         Ok(())

@@ -21,8 +21,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// `dir`. The process gets its own process group (a Ctrl-C or SIGTERM aimed
 /// at the agent's group does not reach it) and is reaped by a thread here
 /// while this agent lives; a later agent re-attaches through the socket.
-/// With `cgroup`, the process is moved into `cgroup/<uid>/` first.
-pub fn spawn(exe: &Path, dir: &StateDir, cgroup: Option<&Path>) -> io::Result<u32> {
+/// The process enters the cgroups its record names itself.
+pub fn spawn(exe: &Path, dir: &StateDir) -> io::Result<u32> {
     let log = std::fs::File::create(dir.vmm_log())?;
     let mut child = Command::new(exe)
         .arg("vm-process")
@@ -34,13 +34,6 @@ pub fn spawn(exe: &Path, dir: &StateDir, cgroup: Option<&Path>) -> io::Result<u3
         .process_group(0)
         .spawn()?;
     let pid = child.id();
-    if let Some(parent) = cgroup {
-        if let Err(e) = super::cgroup::enter(parent, dir, pid) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    }
     std::thread::Builder::new().name(format!("reap-{pid}")).spawn(move || child.wait())?;
     Ok(pid)
 }

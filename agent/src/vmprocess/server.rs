@@ -41,6 +41,8 @@ pub enum VmProcessError {
     },
     #[error(transparent)]
     Jail(#[from] vmm::jail::JailError),
+    #[error("cgroup")]
+    Cgroup(#[source] io::Error),
 }
 
 /// What the control threads share with the thread that runs the guest.
@@ -79,6 +81,8 @@ pub fn run(dir: &StateDir) -> Result<VmExit, VmProcessError> {
     let VmIdentity { namespace, name, uid } = &record.identity;
     let span = tracing::info_span!("vm", %namespace, vmi = %name, %uid);
     let _enter = span.enter();
+    // Its cgroups first: everything from here on is charged and limited there.
+    super::cgroup::enter(&record.cgroups).map_err(VmProcessError::Cgroup)?;
     // The network namespace first, before any thread exists (threads inherit
     // it): the tap the VMM opens by name lives there.
     if let Some(path) = &record.netns {

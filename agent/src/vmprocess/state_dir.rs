@@ -42,6 +42,10 @@ pub struct VmRecord {
     /// enters before anything else: its tap is there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<std::path::PathBuf>,
+    /// The cgroups (made and limited by the agent) the VM process enters
+    /// before anything else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<PathBuf>,
     /// Who the VM process jails itself as (`vmm::jail`). None only in records
     /// written before the jail existed: the agent always sets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

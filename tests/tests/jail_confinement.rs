@@ -214,10 +214,16 @@ async fn the_vm_process_is_limited_by_its_cgroups_and_an_oom_kill_is_reported() 
     assert!(status.contains("was killed by its memory cgroup"), "{status}");
     assert!(status.contains("limit of 128 MiB"), "{status}");
 
-    // Deleting the VMI removes its cgroups.
+    // Deleting the VMI removes its cgroups (once the kernel has taken the
+    // dead process out of them).
     vmis.delete("limited", &Default::default()).await.unwrap();
     wait_gone(&vmis, &server, "limited").await;
     for cgroup in &cgroups {
+        let mut waited = 0;
+        while cgroup.exists() && waited < 100 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            waited += 1;
+        }
         assert!(!cgroup.exists(), "{} is removed", cgroup.display());
     }
     for parent in &parents {

@@ -6,11 +6,13 @@
 //! count CPUs, take the e820 map, find virtio-mmio devices in the DSDT, size
 //! disks, mount its root file system) happens before `Run /sbin/init`.
 //!
-//! One boot covers all of it; the kernel log is printed as it comes (see it
-//! with `--nocapture`). The run ends when the kernel panics for want of an init
-//! on the cidata root (the test kills `kvmlet run` then): user space would die
-//! at its first SYSCALL on this host anyway. Not checked yet: `ip=dhcp`
-//! (kvmlet has no network devices).
+//! One boot covers all of it, `ip=dhcp` included: kernel IP autoconfiguration
+//! over kvmlet's virtio-net asks kvmlet's DHCP responder for KubeVirt's
+//! masquerade lease (the tap lives in a network namespace of the test's own).
+//! The kernel log is printed as it comes (see it with `--nocapture`). The run
+//! ends when the kernel panics for want of an init on the cidata root (the test
+//! kills `kvmlet run` then): user space would die at its first SYSCALL on this
+//! host anyway.
 //!
 //! What it found so far: AMD's HWCR.TscFreqSel was clear (fixed in vmm/src/vcpu.rs);
 //! CPUID leaks AMD's CPPC bit (`amd_pstate: The CPPC feature is supported but
@@ -34,6 +36,10 @@ const VCPUS: u32 = 2;
 /// The data disk: 64 MiB, as 512-byte sectors.
 const DATA_DISK_SECTORS: u64 = 131_072;
 const DATA_DISK_SERIAL: &str = "kvmlet-data0";
+/// The NIC's MAC, as the kernel prints it.
+const MAC: &str = "02:6b:76:6d:6c:01";
+/// The hostname the DHCP lease carries.
+const HOSTNAME: &str = "kernel-check";
 
 /// CPU features this host forces on in CPUID leaves 1 and 7 whatever kvmlet
 /// sets, which the kernel would then use in ring 0 where KVM's emulator lacks
@@ -59,9 +65,16 @@ fn boot_linux(dir: &Path) -> WatchedRun {
     // started. With two online CPUs the kernel uses KVM's PV send-IPI and
     // sched-yield hypercalls, and `vmcall` from emulated ring 0 never completes.
     let cmdline =
-        format!("console=ttyS0 root=/dev/vdb rootfstype=iso9660 ro maxcpus=1 panic=-1 clearcpuid={CLEARCPUID}");
-    let mut cmd = Command::new(kvmlet_bin());
-    cmd.arg("run")
+        format!("console=ttyS0 root=/dev/vdb rootfstype=iso9660 ro maxcpus=1 panic=-1 ip=dhcp clearcpuid={CLEARCPUID}");
+    // The NIC's tap, in a network namespace of this test's own: the lease's
+    // private addresses never reach the host's.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "--", "sh", "-c"])
+        .arg(r#"ip tuntap add dev tap0 mode tap vnet_hdr && ip link set tap0 up && exec "$@""#)
+        .arg("sh")
+        .arg(kvmlet_bin())
+        .arg("run")
+        .args(["--net", &format!("tap=tap0,mac={MAC},hostname={HOSTNAME}")])
         .arg("--kernel")
         .arg(linux_kernel())
         .args(["--cmdline", &cmdline])
@@ -176,6 +189,23 @@ fn check_kernel_log(lines: &[&str]) -> Vec<String> {
         l == "virtio_blk virtio1: [vdb] on LNRO0005:01 serial 'cidata' (get-id status 0)"
     }));
 
+    // Network: virtio-net (the third virtio-mmio device) and `ip=dhcp` kernel
+    // autoconfiguration with KubeVirt's masquerade lease from kvmlet's DHCP.
+    check(has_line(lines, "DHCP through virtio-net completed (`IP-Config: Complete:`)", |l| {
+        l.starts_with("IP-Config: Complete:")
+    }));
+    let lease = format!("device=eth0, hwaddr={MAC}, ipaddr=10.0.2.2, mask=255.255.255.0, gw=10.0.2.1");
+    check(has_line(lines, &format!("KubeVirt's masquerade lease on the NIC: `{lease}`"), |l| l.trim() == lease));
+    check(has_line(lines, &format!("the lease's hostname `{HOSTNAME}`"), |l| {
+        l.trim().starts_with(&format!("host={HOSTNAME}, "))
+    }));
+    check(has_line(lines, "the answer from the router 10.0.2.1 (the DHCP server identifier)", |l| {
+        l.starts_with("IP-Config: Got DHCP answer from 10.0.2.1, my address is 10.0.2.2")
+    }));
+    check(has_line(lines, "the lease's MTU (1500)", |l| {
+        l.trim().starts_with("bootserver=") && l.ends_with(", mtu=1500")
+    }));
+
     // The root file system: the cidata seed (ISO 9660) read through virtio-blk.
     check(has_line(lines, "the cidata disk mounted as root (`VFS: Mounted root (iso9660 filesystem)`)", |l| {
         l.starts_with("VFS: Mounted root (iso9660 filesystem) readonly")
@@ -255,4 +285,19 @@ fn kernel_log_checks_catch_foreign_tables_firmware_bugs_and_missing_disks() {
     assert!(has("the firmware upset Linux ([Firmware Bug])"), "{failures:#?}");
     assert!(has("the data disk found as LNRO0005:00"), "{failures:#?}");
     assert!(has("the cidata disk mounted as root"), "{failures:#?}");
+    assert!(has("DHCP through virtio-net completed"), "{failures:#?}");
+
+    // The lease as Linux prints it passes; another address does not.
+    let lease = "[    9.090000] IP-Config: Got DHCP answer from 10.0.2.1, my address is 10.0.2.2\n\
+                 [    9.100000] IP-Config: Complete:\n\
+                 [    9.100001]      device=eth0, hwaddr=02:6b:76:6d:6c:01, ipaddr=10.0.2.2, mask=255.255.255.0, gw=10.0.2.1\n\
+                 [    9.100002]      host=kernel-check, domain=, nis-domain=(none)\n\
+                 [    9.100003]      bootserver=0.0.0.0, rootserver=0.0.0.0, rootpath=, mtu=1500\n";
+    let failures = check_kernel_log(&kernel_lines(lease));
+    let has = |text: &str| failures.iter().any(|f| f.contains(text));
+    for passed in ["DHCP through virtio-net", "masquerade lease", "hostname", "the router 10.0.2.1", "MTU"] {
+        assert!(!has(passed), "{passed}: {failures:#?}");
+    }
+    let failures = check_kernel_log(&kernel_lines(&lease.replace("ipaddr=10.0.2.2", "ipaddr=10.0.2.15")));
+    assert!(failures.iter().any(|f| f.contains("masquerade lease")), "{failures:#?}");
 }

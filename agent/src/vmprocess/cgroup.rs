@@ -17,6 +17,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use vmm::VmConfig;
 
@@ -140,15 +141,46 @@ pub fn oom_killed(cgroups: &[PathBuf]) -> Option<u64> {
     })
 }
 
+/// How long a VM process seen gone may take to leave its cgroups.
+const REMOVE_RETRY_FOR: Duration = Duration::from_secs(10);
+
 /// Removes the VM's cgroups once its process is gone (an empty cgroup is
-/// removed with rmdir; its control files go with it).
+/// removed with rmdir; its control files go with it). A process is seen gone
+/// when its files close, a moment before the kernel takes it out of its
+/// cgroups: a cgroup still busy then is removed by a thread that retries.
 pub fn remove(parents: &[PathBuf], dir: &StateDir) {
-    for parent in parents {
-        let cgroup = vm_cgroup(parent, dir);
-        if let Err(e) = std::fs::remove_dir(&cgroup) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(cgroup = %cgroup.display(), error = %e, "cannot remove the VM's cgroup");
+    let busy: Vec<PathBuf> =
+        parents.iter().map(|parent| vm_cgroup(parent, dir)).filter(|cgroup| !try_remove(cgroup, false)).collect();
+    if busy.is_empty() {
+        return;
+    }
+    let retry = move || {
+        let deadline = Instant::now() + REMOVE_RETRY_FOR;
+        let mut left = busy;
+        while !left.is_empty() {
+            let last = Instant::now() > deadline;
+            left.retain(|cgroup| !try_remove(cgroup, last));
+            if last {
+                return;
             }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("cgroup-remove".into()).spawn(retry) {
+        tracing::warn!(error = %e, "cannot wait for the VM's cgroups to empty");
+    }
+}
+
+/// Whether `cgroup` is gone now; a failure other than "still busy" (or any,
+/// when `last`) is logged and not retried.
+fn try_remove(cgroup: &Path, last: bool) -> bool {
+    match std::fs::remove_dir(cgroup) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) && !last => false,
+        Err(e) => {
+            tracing::warn!(cgroup = %cgroup.display(), error = %e, "cannot remove the VM's cgroup");
+            true
         }
     }
 }

@@ -25,6 +25,13 @@ pub fn main(args: VmProcessArgs) -> anyhow::Result<ExitCode> {
     // The filters are built here; the control thread enters its own in
     // `server::run`, once it has joined the VM's network namespace.
     seccomp::configure(args.seccomp)?;
-    let exit = server::run(&StateDir::open(args.state_dir))?;
-    Ok(ExitCode::from(exit.kind.exit_code()))
+    match server::run(&StateDir::open(args.state_dir)) {
+        Ok(exit) => Ok(ExitCode::from(exit.kind.exit_code())),
+        // One line, causes included and no backtrace: the node reports the
+        // last line of this log as the reason the VM process died.
+        Err(e) => {
+            eprintln!("kvmlet vm-process: {}", crate::errors::with_causes(&e));
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

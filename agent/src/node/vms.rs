@@ -181,7 +181,7 @@ impl VmTable {
             tracing::info!(%namespace, vmi = %name, %uid, alive, pid = ?dir.read_pid(), "re-attached to a VM");
             self.insert(record, dir.clone(), dir.read_pid(), process);
             if alive {
-                self.watch(dir, false);
+                self.watch(dir, None);
             }
         }
     }
@@ -191,7 +191,7 @@ impl VmTable {
         dir.write_record(&record)?;
         let pid = client::spawn(exe, &dir)?;
         self.insert(record, dir.clone(), Some(pid), Process::Starting);
-        self.watch(dir, true);
+        self.watch(dir, Some(pid));
         Ok(())
     }
 
@@ -211,11 +211,12 @@ impl VmTable {
     }
 
     /// Follows one VM process until it is gone.
-    fn watch(&self, dir: StateDir, just_spawned: bool) {
+    /// `spawned`: the pid of a process just started, waited for while it opens its socket.
+    fn watch(&self, dir: StateDir, spawned: Option<u32>) {
         let table = self.clone();
         tokio::spawn(async move {
             let Some(uid) = dir.path().file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
-            match StatusWatch::connect(&dir, just_spawned).await {
+            match StatusWatch::connect(&dir, spawned).await {
                 Ok(mut watch) => {
                     while let Ok(Some(status)) = watch.next().await {
                         table.update(&uid, |entry| {

@@ -56,13 +56,14 @@ pub struct StatusWatch {
 }
 
 impl StatusWatch {
-    /// Connects, retrying while a just-spawned process has no socket yet.
-    pub async fn connect(dir: &StateDir, wait_for_start: bool) -> io::Result<StatusWatch> {
+    /// Connects, retrying while `spawned` (the pid of a process just
+    /// started) is alive and has no socket yet.
+    pub async fn connect(dir: &StateDir, spawned: Option<u32>) -> io::Result<StatusWatch> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             match send(dir, &ControlRequest::Watch {}).await {
                 Ok(lines) => return Ok(StatusWatch { lines }),
-                Err(e) if wait_for_start && tokio::time::Instant::now() < deadline && dir.is_locked_or_starting() => {
+                Err(e) if tokio::time::Instant::now() < deadline && spawned.is_some_and(alive) => {
                     tracing::trace!(error = %e, "VM process not ready yet");
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
@@ -92,9 +93,9 @@ async fn next_status(lines: &mut Lines<BufReader<OwnedReadHalf>>) -> io::Result<
     }
 }
 
-impl StateDir {
-    /// A VM process holds the lock, or has not written its pid yet.
-    fn is_locked_or_starting(&self) -> bool {
-        self.is_locked() || !self.pid().exists()
-    }
+/// Whether the VM process `pid`, just spawned, still lives. Asked of the
+/// process, not of its lock: probing the lock takes it for a moment, and a
+/// VM process taking it in that moment would think another one runs.
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }

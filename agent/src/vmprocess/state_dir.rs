@@ -148,13 +148,22 @@ impl StateDir {
     /// Takes the VM process's lock for the life of the returned file, or
     /// fails if another process has it.
     pub fn take_lock(&self) -> io::Result<Flock<File>> {
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(self.lock())?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(lock),
-            Err((_, Errno::EWOULDBLOCK)) => {
-                Err(io::Error::new(io::ErrorKind::WouldBlock, "another VM process runs this VMI"))
+        let mut file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(self.lock())?;
+        // `is_locked` (an agent looking) holds the lock for an instant: only
+        // a lock held for longer means another VM process.
+        let deadline = std::time::Instant::now() + LOCK_PROBE_WAIT;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(lock),
+                Err((again, Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                    file = again;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err((_, Errno::EWOULDBLOCK)) => {
+                    return Err(io::Error::new(io::ErrorKind::WouldBlock, "another VM process runs this VMI"))
+                }
+                Err((_, errno)) => return Err(errno.into()),
             }
-            Err((_, errno)) => Err(errno.into()),
         }
     }
 
@@ -182,6 +191,10 @@ impl ExitRecord {
         self.0.sync_all()
     }
 }
+
+/// How long a VM process retries a lock someone holds before it concludes
+/// that another VM process runs its VMI.
+const LOCK_PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub fn vms_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("vms")
@@ -229,5 +242,27 @@ mod tests {
         drop(held);
         assert!(!dir.is_locked());
         assert_eq!(list(run.path()).len(), 1);
+    }
+
+    #[test]
+    fn an_agent_looking_at_the_lock_does_not_keep_a_vm_process_from_taking_it() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(run.path(), "u1").unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let looking = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let agent = {
+            let (dir, looking) = (dir.clone(), looking.clone());
+            std::thread::spawn(move || {
+                while looking.load(std::sync::atomic::Ordering::Relaxed) {
+                    dir.is_locked();
+                }
+            })
+        };
+        // Each take meets the agent's probe sooner or later.
+        for _ in 0..20_000 {
+            drop(dir.take_lock().expect("a probe is not another VM process"));
+        }
+        looking.store(false, std::sync::atomic::Ordering::Relaxed);
+        agent.join().unwrap();
     }
 }

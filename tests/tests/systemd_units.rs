@@ -144,7 +144,13 @@ fn vms_survive_agent_restarts_and_kvm_is_reachable() {
         assert_eq!(families, ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"], "{unit}");
         let caps: Vec<&str> = one(&service, unit, "CapabilityBoundingSet").split_whitespace().collect();
         assert!(caps.contains(&"CAP_NET_ADMIN"), "{unit}: tap devices need CAP_NET_ADMIN");
-        for dropped in ["CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_SYS_PTRACE"] {
+        for needed in ["CAP_SYS_ADMIN", "CAP_SETPCAP"] {
+            assert!(
+                caps.contains(&needed),
+                "{unit}: the VM jail needs {needed} (namespaces, pivot_root, bounding set)"
+            );
+        }
+        for dropped in ["CAP_SYS_MODULE", "CAP_SYS_PTRACE", "CAP_DAC_OVERRIDE"] {
             assert!(!caps.contains(&dropped), "{unit}: {dropped} must not be kept");
         }
         assert!(one(&service, unit, "ExecStart").starts_with(INSTALLED_BIN), "{unit}");
@@ -203,4 +209,45 @@ fn agent_env_example_documents_every_variable() {
         assert!(keys.iter().any(|k| k == key), "agent.env does not document {key}: {keys:?}");
     }
     assert!(text.contains("KVMLET_RUN_DIR=/run/kvmlet"), "default run dir");
+}
+
+/// `kvmlet run` of the probe under a capability bounding set (setpriv names)
+/// and no-new-privs, as systemd would start it: (succeeded, stderr).
+fn run_bounded(caps: &[String]) -> (bool, String) {
+    let bounding = std::iter::once("-all".to_owned()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>();
+    let out = Command::new("setpriv")
+        .arg(format!("--bounding-set={}", bounding.join(",")))
+        .args(["--inh-caps=-all", "--no-new-privs", "--"])
+        .arg(e2e::kvmlet_bin())
+        .args(["run", "--cmdline", "probe.action=poweroff", "--kernel"])
+        .arg(&e2e::probe().bzimage)
+        .output()
+        .expect("run setpriv");
+    let console = String::from_utf8_lossy(&out.stdout);
+    (out.status.success() && console.contains("probe: done"), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The units' capability bounding set is enough for a VM process to jail
+/// itself (namespaces, pivot_root, an emptied bounding set) and boot a guest;
+/// without CAP_SYS_ADMIN the jail fails and says where.
+#[test]
+fn the_units_capabilities_let_a_vm_process_jail_itself() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: the VM jail needs root");
+        return;
+    }
+    for unit in ["kvmlet-agent.service", "kvmlet-standalone.service"] {
+        let service = settings(&unit_text(unit), "Service");
+        let caps: Vec<String> = one(&service, unit, "CapabilityBoundingSet")
+            .split_whitespace()
+            .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+            .collect();
+        let (ok, stderr) = run_bounded(&caps);
+        assert!(ok, "{unit}: a jailed VM under the unit's capabilities:\n{stderr}");
+
+        let without: Vec<String> = caps.into_iter().filter(|c| c != "sys_admin").collect();
+        let (ok, stderr) = run_bounded(&without);
+        assert!(!ok, "{unit}: without CAP_SYS_ADMIN the jail cannot be made");
+        assert!(stderr.contains("jail: unshare namespaces"), "{stderr}");
+    }
 }

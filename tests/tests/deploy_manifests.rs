@@ -261,6 +261,8 @@ fn agent_daemonset_runs_vms_that_survive_it() {
         ("/run/kvmlet", "DirectoryOrCreate"),
         ("/var/lib/kvmlet", "DirectoryOrCreate"),
         ("/sys/fs/cgroup", "Directory"),
+        ("/var/lib/cni", "DirectoryOrCreate"),
+        ("/run/netns", "DirectoryOrCreate"),
     ] {
         let volume = volumes
             .iter()
@@ -273,6 +275,18 @@ fn agent_daemonset_runs_vms_that_survive_it() {
     }
     // The cgroup parent is inside the mounted host cgroup tree.
     assert!(flag(&args, "--cgroup-parent").unwrap().starts_with("/sys/fs/cgroup/"));
+
+    // VMs on the pod network: the node's CNI configuration and plugins, read
+    // only, where the flags look for them; namespaces made in the pod reach the host.
+    assert_eq!(flag(&args, "--network"), Some("masquerade"));
+    for (flag_name, path) in [("--cni-conf-dir", "/etc/cni/net.d"), ("--cni-bin-dir", "/opt/cni/bin")] {
+        assert_eq!(flag(&args, flag_name), Some(path));
+        let volume = volumes.iter().find(|v| v["hostPath"]["path"] == path).unwrap_or_else(|| panic!("no {path}"));
+        let mount = mounts.iter().find(|m| m["name"] == volume["name"]).unwrap_or_else(|| panic!("{path} not mounted"));
+        assert_eq!((mount["mountPath"].as_str(), mount["readOnly"].as_bool()), (Some(path), Some(true)), "{path}");
+    }
+    let netns = mounts.iter().find(|m| m["mountPath"] == "/run/netns").expect("/run/netns mounted");
+    assert_eq!(netns["mountPropagation"], "Bidirectional");
 }
 
 #[test]

@@ -165,4 +165,62 @@ async fn inside_a_private_namespace() {
         .filter(|n| n.parse::<Ipv4Addr>().is_ok())
         .collect();
     assert!(leases.is_empty(), "no IPAM lease is left: {leases:?}");
+
+    // A VM keeps its MAC across a restart (its VMI is made anew): the guest
+    // sees the MAC status.interfaces reports, both times.
+    let vms: Api<proto::kubevirt::VirtualMachine> = Api::default_namespaced(server.client().await);
+    let template = serde_json::to_value(vmi("steady", &[], "probe.action=wait")).unwrap();
+    let vm = json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": "steady"},
+        "spec": {"runStrategy": "Always", "template": {"spec": template["spec"]}},
+    });
+    vms.create(&Default::default(), &serde_json::from_value(vm).unwrap()).await.unwrap();
+    let first = wait_for(&vmis, &server, "steady", "running with an IP", timeout, |v| {
+        v.is_some_and(|v| v.status.as_ref().is_some_and(|s| s.phase == Some(Phase::Running))) && with_ip(v)
+    })
+    .await
+    .unwrap();
+    let first_uid = first.metadata.uid.clone().unwrap();
+    let first_mac = first.status.as_ref().unwrap().interfaces[0]["mac"].as_str().unwrap().to_string();
+    // What the probe printed for its NIC (`probe: net mac=…`), once it has.
+    let guest_mac = |uid: String| {
+        let serial_log = server.run_dir().join("vms").join(uid).join("serial.log");
+        async move {
+            for _ in 0..300 {
+                let serial = std::fs::read_to_string(&serial_log).unwrap_or_default();
+                if let Some(mac) = serial.lines().find_map(|l| l.strip_prefix("probe: net mac=")) {
+                    return mac.get(..17).map(str::to_owned);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None
+        }
+    };
+    assert_eq!(
+        guest_mac(first_uid.clone()).await.as_deref(),
+        Some(first_mac.as_str()),
+        "the guest's NIC has the reported MAC"
+    );
+    let restart = server.kvmlet(&["restart", "steady"]).output().unwrap();
+    assert!(restart.status.success(), "{}", String::from_utf8_lossy(&restart.stderr));
+    let second = wait_for(&vmis, &server, "steady", "running again, with an IP", timeout, |v| {
+        v.is_some_and(|v| {
+            v.metadata.uid.as_deref() != Some(first_uid.as_str())
+                && v.status.as_ref().is_some_and(|s| s.phase == Some(Phase::Running))
+        }) && with_ip(v)
+    })
+    .await
+    .unwrap();
+    let second_uid = second.metadata.uid.clone().unwrap();
+    let second_mac = second.status.as_ref().unwrap().interfaces[0]["mac"].as_str().unwrap().to_string();
+    assert_eq!(second_mac, first_mac, "the restarted VM's MAC");
+    assert_eq!(
+        guest_mac(second_uid).await.as_deref(),
+        Some(first_mac.as_str()),
+        "the guest sees the same MAC after the restart"
+    );
+    vms.delete("steady", &DeleteParams::default()).await.unwrap();
+    wait_gone(&vmis, &server, "steady").await;
 }

@@ -159,8 +159,12 @@ async fn carry_out(
 async fn report_interfaces(vmi: &VirtualMachineInstance, entry: &VmEntry, ctx: &NodeContext) -> Result<(), NodeError> {
     let Some(net) = entry.config.nets.first() else { return Ok(()) };
     let spec = &vmi.spec;
-    let name = crate::vmi::network::pod_interface(&spec.domain.devices.interfaces, &spec.networks)
-        .map_or_else(|_| crate::vmi::network::DEFAULT_NAME.to_string(), |i| i.name);
+    let devices = &spec.domain.devices;
+    let name =
+        crate::vmi::network::pod_interface(&devices.interfaces, &spec.networks, devices.autoattach_pod_interface)
+            .ok()
+            .flatten()
+            .map_or_else(|| crate::vmi::network::DEFAULT_NAME.to_string(), |i| i.name);
     let pod_ip = vm_network::pod_address(&entry.dir).map(|a| a.ip);
     let status = crate::vmi::network::interface_status(&name, net.mac, pod_ip);
     ctx.reporter.interfaces(vmi, vec![status]).await?;

@@ -184,7 +184,12 @@ pub fn translate(
 /// the spec or derived from namespace/name, KubeVirt's masquerade lease.
 fn nic(vmi: &VirtualMachineInstance, pod: Option<&PodNetwork>) -> Result<Option<(PodInterface, NetConfig)>, SpecError> {
     let spec = &vmi.spec;
-    let interface = network::pod_interface(&spec.domain.devices.interfaces, &spec.networks)?;
+    let devices = &spec.domain.devices;
+    let Some(interface) =
+        network::pod_interface(&devices.interfaces, &spec.networks, devices.autoattach_pod_interface)?
+    else {
+        return Ok(None);
+    };
     let Some(pod) = pod else {
         if spec.domain.devices.interfaces.is_empty() && spec.networks.is_empty() {
             return Ok(None);

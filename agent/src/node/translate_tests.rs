@@ -338,6 +338,12 @@ fn on_a_pod_network_a_vmi_gets_one_nic_with_kubevirts_masquerade_lease() {
     with_mac["domain"]["devices"]["interfaces"][0]["macAddress"] = json!("02:aa:bb:cc:dd:ee");
     let plan = translate(&vmi(with_mac), &node, &Secrets::new(), Path::new("/d")).unwrap();
     assert_eq!(plan.config.nets[0].mac.to_string(), "02:aa:bb:cc:dd:ee");
+
+    // autoattachPodInterface: false, and no interface named: no NIC, no pod interface.
+    let mut detached = minimal();
+    detached["domain"]["devices"] = json!({"autoattachPodInterface": false});
+    let plan = translate(&vmi(detached), &node, &Secrets::new(), Path::new("/d")).unwrap();
+    assert!(plan.config.nets.is_empty() && plan.interface.is_none());
 }
 
 #[test]

@@ -70,16 +70,24 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
     SpecError::new(field, message)
 }
 
-/// The VMI's pod interface, KubeVirt's default when it names none; the
-/// first problem with `interfaces`/`networks` otherwise.
-pub fn pod_interface(interfaces: &[Value], networks: &[Value]) -> Result<PodInterface, SpecError> {
+/// The VMI's pod interface, KubeVirt's default when it names none (unless
+/// `autoattach` is `Some(false)`: then none); the first problem with
+/// `interfaces`/`networks` otherwise.
+pub fn pod_interface(
+    interfaces: &[Value],
+    networks: &[Value],
+    autoattach: Option<bool>,
+) -> Result<Option<PodInterface>, SpecError> {
     if interfaces.is_empty() && networks.is_empty() {
-        return Ok(PodInterface {
+        if autoattach == Some(false) {
+            return Ok(None);
+        }
+        return Ok(Some(PodInterface {
             name: DEFAULT_NAME.into(),
             mac: None,
             ports: Vec::new(),
             dhcp_options: DhcpOptions::default(),
-        });
+        }));
     }
     let mut network_names = Vec::new();
     for (index, network) in networks.iter().enumerate() {
@@ -113,7 +121,7 @@ pub fn pod_interface(interfaces: &[Value], networks: &[Value]) -> Result<PodInte
         }
     }
     // One pod network at most (as KubeVirt), and multus networks are refused.
-    parsed.pop().ok_or_else(|| err(INTERFACES, "a network needs an interface"))
+    parsed.pop().map(Some).ok_or_else(|| err(INTERFACES, "a network needs an interface"))
 }
 
 /// A network's name, which must be the pod network.

@@ -2,13 +2,29 @@ use serde_json::json;
 
 use super::*;
 
+fn list(v: Value) -> Vec<Value> {
+    v.as_array().cloned().unwrap_or_default()
+}
+
 fn interface(interfaces: Value, networks: Value) -> Result<PodInterface, SpecError> {
-    let list = |v: Value| v.as_array().cloned().unwrap_or_default();
-    pod_interface(&list(interfaces), &list(networks))
+    pod_interface(&list(interfaces), &list(networks), None).map(|i| i.expect("KubeVirt always attaches one"))
 }
 
 fn error(interfaces: Value, networks: Value) -> String {
     interface(interfaces, networks).unwrap_err().to_string()
+}
+
+#[test]
+fn autoattach_pod_interface_false_leaves_a_vmi_naming_no_network_without_one() {
+    assert_eq!(pod_interface(&[], &[], Some(false)).unwrap(), None);
+    assert_eq!(pod_interface(&[], &[], Some(true)).unwrap().unwrap().name, "default");
+    // Interfaces it names are attached whatever the flag says.
+    let named = pod_interface(
+        &list(json!([{"name": "default", "masquerade": {}}])),
+        &list(json!([{"name": "default", "pod": {}}])),
+        Some(false),
+    );
+    assert_eq!(named.unwrap().unwrap().name, "default");
 }
 
 #[test]

@@ -14,7 +14,8 @@ use super::{quantity, resources, SpecError};
 /// The first problem with `spec`, with its field (`spec.…`).
 pub fn spec(spec: &VirtualMachineInstanceSpec) -> Result<(), SpecError> {
     let domain = &spec.domain;
-    super::network::pod_interface(&domain.devices.interfaces, &spec.networks)?;
+    let devices = &domain.devices;
+    super::network::pod_interface(&devices.interfaces, &spec.networks, devices.autoattach_pod_interface)?;
     if let Some(machine) = &domain.machine {
         if !matches!(machine.type_.as_str(), "" | "microvm") {
             return Err(SpecError::new(

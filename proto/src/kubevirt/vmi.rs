@@ -145,6 +145,10 @@ pub struct Devices {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "opaque_list")]
     pub interfaces: Vec<serde_json::Value>,
+    /// `false`: a VMI that names no interface gets none (KubeVirt's
+    /// default, `true`, gives it the masquerade interface on the pod network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoattach_pod_interface: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

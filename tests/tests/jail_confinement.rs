@@ -159,6 +159,23 @@ fn test_cgroup_parents(name: &str) -> Option<Vec<std::path::PathBuf>> {
     (writable && !parents.is_empty()).then_some(parents)
 }
 
+/// Removes the test's cgroup parents, and any VM cgroup left in them, even
+/// when the test fails (declared before the server, it is dropped after it).
+struct CgroupCleanup(Vec<std::path::PathBuf>);
+
+impl Drop for CgroupCleanup {
+    fn drop(&mut self) {
+        for parent in &self.0 {
+            for child in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+                if child.path().is_dir() {
+                    let _ = std::fs::remove_dir(child.path());
+                }
+            }
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
 /// The value of `file` in whichever VM cgroup has it.
 fn cgroup_value(cgroups: &[std::path::PathBuf], files: &[&str]) -> Option<String> {
     cgroups.iter().find_map(|cgroup| {
@@ -172,6 +189,7 @@ async fn the_vm_process_is_limited_by_its_cgroups_and_an_oom_kill_is_reported() 
         eprintln!("SKIPPED: no writable cgroup tree on this host (neither cgroup v2 nor v1 memory/pids/cpu)");
         return;
     };
+    let _cleanup = CgroupCleanup(parents.clone());
     let mut args = vec!["--test-vm-hooks".to_owned()];
     for parent in &parents {
         args.extend(["--cgroup-parent".to_owned(), parent.display().to_string()]);
@@ -225,8 +243,5 @@ async fn the_vm_process_is_limited_by_its_cgroups_and_an_oom_kill_is_reported() 
             waited += 1;
         }
         assert!(!cgroup.exists(), "{} is removed", cgroup.display());
-    }
-    for parent in &parents {
-        let _ = std::fs::remove_dir(parent);
     }
 }

@@ -1,7 +1,8 @@
 //! What the probe does with its NIC: DHCP (smoltcp's client; hostname, MTU
 //! and search domains parsed from the raw ACK), an ARP request for the
-//! router, a UDP datagram to `probe.net_udp=IP:PORT`, and one TCP connection
-//! on `probe.net_tcp=PORT` answered with `probe-banner <hostname>\n`.
+//! router, a UDP datagram to `probe.net_udp=IP:PORT`, and TCP connections on
+//! `probe.net_tcp=PORT` (`probe.net_tcp_count=N` of them, one at a time)
+//! each answered with `probe-banner <hostname>\n`.
 //! Everything polls, in ring 3; every wait is bounded.
 
 use core::fmt::Write as _;
@@ -23,7 +24,10 @@ const TICKS_PER_MS: u64 = 2_000_000;
 const DHCP_TIMEOUT_MS: i64 = 30_000;
 const ARP_TIMEOUT_MS: i64 = 5_000;
 const UDP_TIMEOUT_MS: i64 = 10_000;
+/// How long the probe waits for each TCP connection.
 const TCP_TIMEOUT_MS: i64 = 120_000;
+/// The most connections `probe.net_tcp_count` may ask for.
+const TCP_MAX_CONNECTIONS: u32 = 64;
 /// Options asked of the server: mask, router, DNS, hostname, domain, MTU, search.
 static PARAMETERS: [u8; 7] = [1, 3, 6, 12, 15, 26, 119];
 const OPT_HOSTNAME: u8 = 12;
@@ -104,7 +108,8 @@ pub fn probe_net(base: u64, cmdline: &str) {
         send_udp(&mut iface, &mut dev, &mut sockets, target, lease.hostname.as_str());
     }
     if let Some(port) = cmdline_value(cmdline, "probe.net_tcp").and_then(|p| p.parse::<u16>().ok()) {
-        serve_tcp(&mut iface, &mut dev, &mut sockets, port, lease.hostname.as_str());
+        let count = cmdline_value(cmdline, "probe.net_tcp_count").and_then(|c| c.parse::<u32>().ok()).unwrap_or(1);
+        serve_tcp(&mut iface, &mut dev, &mut sockets, port, count.clamp(1, TCP_MAX_CONNECTIONS), lease.hostname.as_str());
     }
 }
 
@@ -302,7 +307,16 @@ fn send_udp(iface: &mut Interface, dev: &mut NetDevice, sockets: &mut SocketSet,
     report!("error net udp to={}: not sent", endpoint);
 }
 
-fn serve_tcp(iface: &mut Interface, dev: &mut NetDevice, sockets: &mut SocketSet, port: u16, hostname: &str) {
+/// Serves `count` connections on `port`, one after the other: each gets the
+/// banner and is closed; the next is listened for once it has.
+fn serve_tcp(
+    iface: &mut Interface,
+    dev: &mut NetDevice,
+    sockets: &mut SocketSet,
+    port: u16,
+    count: u32,
+    hostname: &str,
+) {
     // SAFETY: the statics are used by this function only, which runs once.
     let socket = unsafe {
         tcp::Socket::new(
@@ -311,13 +325,31 @@ fn serve_tcp(iface: &mut Interface, dev: &mut NetDevice, sockets: &mut SocketSet
         )
     };
     let handle = sockets.add(socket);
-    if sockets.get_mut::<tcp::Socket>(handle).listen(port).is_err() {
-        report!("error net tcp: listen");
-        return;
-    }
-    report!("net tcp port={} listening", port);
     let mut banner = Text::<96>::new();
     let _ = writeln!(banner, "probe-banner {}", hostname);
+    for served in 1..=count {
+        if sockets.get_mut::<tcp::Socket>(handle).listen(port).is_err() {
+            report!("error net tcp: listen");
+            return;
+        }
+        if served == 1 {
+            report!("net tcp port={} listening", port);
+        }
+        if let Err(why) = serve_one(iface, dev, sockets, handle, banner.as_str()) {
+            report!("error net tcp port={}: {}", port, why);
+            return;
+        }
+        report!("net tcp served={}", served);
+    }
+}
+
+fn serve_one(
+    iface: &mut Interface,
+    dev: &mut NetDevice,
+    sockets: &mut SocketSet,
+    handle: smoltcp::iface::SocketHandle,
+    banner: &str,
+) -> Result<(), &'static str> {
     let mut sent = false;
     let start = now();
     while elapsed_ms(start) < TCP_TIMEOUT_MS {
@@ -327,17 +359,16 @@ fn serve_tcp(iface: &mut Interface, dev: &mut NetDevice, sockets: &mut SocketSet
             if let Some(peer) = tcp.remote_endpoint() {
                 report!("net tcp accepted from={}", peer);
             }
-            let _ = tcp.send_slice(banner.as_str().as_bytes());
+            let _ = tcp.send_slice(banner.as_bytes());
             tcp.close();
             sent = true;
         }
         if sent && !tcp.is_open() {
-            report!("net tcp served=1");
-            return;
+            return Ok(());
         }
         pause();
     }
-    report!("error net tcp port={}: {}", port, if sent { "not closed" } else { "no connection" });
+    Err(if sent { "not closed" } else { "no connection" })
 }
 
 /// A string in a fixed buffer; what does not fit, or is not printable ASCII

@@ -3,7 +3,7 @@ use std::process::Command;
 use super::*;
 
 fn tcp(port: u16) -> Port {
-    Port { protocol: Protocol::Tcp, port }
+    Port { name: None, protocol: Protocol::Tcp, port }
 }
 
 #[test]
@@ -20,7 +20,7 @@ fn without_ports_everything_arriving_on_eth0_goes_to_the_guest() {
 
 #[test]
 fn listed_ports_alone_are_forwarded_by_protocol() {
-    let text = masquerade_ruleset(&[tcp(80), Port { protocol: Protocol::Udp, port: 53 }]);
+    let text = masquerade_ruleset(&[tcp(80), Port { name: None, protocol: Protocol::Udp, port: 53 }]);
     assert!(text.contains("iifname \"eth0\" tcp dport 80 counter dnat to 10.0.2.2\n"), "{text}");
     assert!(text.contains("iifname \"eth0\" udp dport 53 counter dnat to 10.0.2.2\n"), "{text}");
     assert!(text.contains("ip daddr 127.0.0.1 tcp dport 80 counter dnat to 10.0.2.2\n"), "{text}");

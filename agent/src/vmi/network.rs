@@ -45,8 +45,10 @@ pub struct PodInterface {
 }
 
 /// A port forwarded from the pod IP to the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
+    /// `name`: what a Service's named `targetPort` resolves against.
+    pub name: Option<String>,
     pub protocol: Protocol,
     pub port: u16,
 }
@@ -218,7 +220,8 @@ fn ports(value: Option<&Value>, field: &str) -> Result<Vec<Port>, SpecError> {
         if let Some(key) = object.keys().find(|k| !matches!(k.as_str(), "name" | "protocol" | "port")) {
             return Err(err(format!("{field}.{key}"), "unknown field"));
         }
-        if let Some(name) = string(object, "name", &field)? {
+        let name = string(object, "name", &field)?;
+        if let Some(name) = name {
             super::validate::dns1123_label(name).map_err(|e| err(format!("{field}.name"), e))?;
         }
         let protocol = match string(object, "protocol", &field)? {
@@ -237,7 +240,7 @@ fn ports(value: Option<&Value>, field: &str) -> Result<Vec<Port>, SpecError> {
             .and_then(|p| u16::try_from(p).ok())
             .filter(|p| *p != 0)
             .ok_or_else(|| err(format!("{field}.port"), "must be a port number between 1 and 65535"))?;
-        ports.push(Port { protocol, port });
+        ports.push(Port { name: name.map(str::to_owned), protocol, port });
     }
     Ok(ports)
 }

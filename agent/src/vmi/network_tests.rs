@@ -45,7 +45,13 @@ fn masquerade_on_the_pod_network_is_read_with_mac_ports_and_dhcp_options() {
     )
     .unwrap();
     assert_eq!(parsed.mac, Some(MacAddr([0x02, 0x12, 0x34, 0x56, 0x78, 0x9a])));
-    assert_eq!(parsed.ports, [Port { protocol: Protocol::Tcp, port: 80 }, Port { protocol: Protocol::Udp, port: 53 }]);
+    assert_eq!(
+        parsed.ports,
+        [
+            Port { name: Some("http".into()), protocol: Protocol::Tcp, port: 80 },
+            Port { name: None, protocol: Protocol::Udp, port: 53 }
+        ]
+    );
     assert_eq!(parsed.dhcp_options.boot_file_name.as_deref(), Some("pxe"));
     assert_eq!(parsed.dhcp_options.ntp_servers, [Ipv4Addr::new(10, 1, 1, 1)]);
     assert_eq!(parsed.dhcp_options.private_options, [PrivateOption { option: 240, value: "extra".into() }]);

@@ -12,5 +12,6 @@ pub mod images;
 pub mod metrics;
 pub mod node;
 pub mod phase_transitions;
+pub mod services;
 pub mod vmi;
 pub mod vmprocess;

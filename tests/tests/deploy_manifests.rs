@@ -432,6 +432,9 @@ fn rbac_grants_what_each_part_needs_and_no_wildcards() {
         ("kubevirt.io", "virtualmachineinstances", &["get", "list", "watch", "create", "delete", "patch", "update"]),
         ("kubevirt.io", "virtualmachineinstances/status", &["update", "patch"]),
         ("", "nodes", &["get", "list", "watch"]),
+        // EndpointSlices for the Services that select VMIs (kvmlet writes them: no pods).
+        ("", "services", &["get", "list", "watch"]),
+        ("discovery.k8s.io", "endpointslices", &["get", "list", "watch", "create", "update", "delete"]),
     ];
     assert_grants(&controller, "kvmlet-controller", controller_needs);
     assert_grants(&controller, "kvmlet-controller", &EVENTS);

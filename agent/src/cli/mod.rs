@@ -3,6 +3,7 @@
 mod agent;
 mod controller;
 mod debug;
+mod expose;
 mod firmware_dump;
 mod health;
 mod images;
@@ -76,9 +77,11 @@ pub enum Command {
     Stop(vm_commands::StopArgs),
     /// Restart a VirtualMachine's instance (as virtctl restart).
     Restart(vm_commands::RestartArgs),
-    /// Print kvmlet's version.
+    /// Expose a VirtualMachine or VMI as a new Service (as virtctl expose).
+    Expose(expose::ExposeArgs),
     /// The node's pulled images (REF, DIGEST, SIZE, USERS); `prune` removes unused ones.
     Images(images::ImagesArgs),
+    /// Print kvmlet's version.
     Version,
     /// Write a shell completion script to standard output (e.g. `kvmlet completions bash > /etc/bash_completion.d/kvmlet`).
     Completions {
@@ -118,6 +121,7 @@ impl Cli {
             Command::Start(args) => vm_commands::start_main(args, &global).map(|()| ExitCode::SUCCESS),
             Command::Stop(args) => vm_commands::stop_main(args, &global).map(|()| ExitCode::SUCCESS),
             Command::Restart(args) => vm_commands::restart_main(args, &global).map(|()| ExitCode::SUCCESS),
+            Command::Expose(args) => expose::main(args, &global).map(|()| ExitCode::SUCCESS),
             Command::Images(args) => images::main(args).map(|()| ExitCode::SUCCESS),
             Command::VmProcess(args) => vm_process::main(args),
         }

@@ -73,6 +73,8 @@ pub async fn run(client: Client, config: ControllerConfig, shutdown: impl Future
     tracing::info!(backoff_base = ?config.backoff.base, "VM controller started");
     // Aborted with the controller (a replica that loses the lease stops both).
     let _orphans = AbortOnDrop(tokio::spawn(orphans::run(client.clone())));
+    // kvmlet has no pods: it writes the EndpointSlices of Services that select VMIs.
+    let _endpoints = AbortOnDrop(tokio::spawn(crate::services::endpoints::run(client.clone())));
     Controller::new(vms, watcher::Config::default())
         // Every VMI maps to the VM of its name and namespace, not only the
         // ones it owns (`.owns()` would miss orphans waiting for adoption and

@@ -14,6 +14,7 @@ use axum::Router;
 
 use super::objects::Shared;
 use super::server;
+use super::state::ApiConfig;
 use super::store::StoreError;
 
 /// The embedded API of one data directory: its durable store, the garbage
@@ -25,10 +26,18 @@ pub struct EmbeddedApi {
 
 impl EmbeddedApi {
     /// Opens (or creates) the database under `data_dir`, makes sure the
-    /// initial namespaces exist and starts the garbage collector. Must be
-    /// called from within a tokio runtime, which the collector then runs on.
+    /// initial namespaces exist and starts the garbage collector, with the
+    /// default configuration (Services' cluster IPs from 10.96.0.0/16).
+    /// Must be called from within a tokio runtime, which the collector then
+    /// runs on.
     pub fn open(data_dir: &Path) -> Result<EmbeddedApi, StoreError> {
-        let store = server::open_store(data_dir)?;
+        EmbeddedApi::open_with(data_dir, &ApiConfig::default())
+    }
+
+    /// [`EmbeddedApi::open`] with the given configuration (`kvmlet
+    /// standalone --service-cidr`).
+    pub fn open_with(data_dir: &Path, config: &ApiConfig) -> Result<EmbeddedApi, StoreError> {
+        let store = server::open_store(data_dir, config)?;
         tokio::spawn(super::gc::run(store.clone()));
         let router = server::router(store.clone());
         Ok(EmbeddedApi { store, router })

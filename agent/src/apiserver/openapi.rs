@@ -3,6 +3,8 @@
 //! sends `fieldValidation=Strict`, and the server rejects unknown fields by
 //! walking the object against the same schemas the CRDs are generated from.
 
+use std::sync::OnceLock;
+
 use axum::extract::Path;
 use axum::Json;
 use serde_json::{json, Value};
@@ -10,14 +12,33 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::resources::{Resource, RESOURCES};
 
-/// The schema of a resource's objects (CRD schema for kubevirt.io kinds;
-/// anything goes for the core kinds kvmlet stores on behalf of clients).
+/// The schema of a resource's objects: the CRD schema for kubevirt.io
+/// kinds, Kubernetes' own for the kinds kvmlet acts on (Services,
+/// EndpointSlices: an unknown field there would be silently dropped),
+/// anything goes for the other core kinds kvmlet stores for clients.
 pub fn schema(resource: &Resource) -> Value {
-    let typed = resource.group == proto::API_GROUP;
-    typed
-        .then(|| proto::object_schema(resource.kind))
-        .flatten()
-        .unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}))
+    static SERVICE: OnceLock<Value> = OnceLock::new();
+    static ENDPOINT_SLICE: OnceLock<Value> = OnceLock::new();
+    match (resource.group, resource.kind) {
+        (proto::API_GROUP, kind) => proto::object_schema(kind).unwrap_or_else(anything),
+        ("", "Service") => SERVICE.get_or_init(typed_schema::<k8s_openapi::api::core::v1::Service>).clone(),
+        ("discovery.k8s.io", "EndpointSlice") => {
+            ENDPOINT_SLICE.get_or_init(typed_schema::<k8s_openapi::api::discovery::v1::EndpointSlice>).clone()
+        }
+        _ => anything(),
+    }
+}
+
+fn anything() -> Value {
+    json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// A k8s-openapi type's schema with every subschema inlined (no `$ref`s,
+/// which `unknown_fields` does not follow).
+fn typed_schema<T: schemars::JsonSchema>() -> Value {
+    let generator =
+        schemars::generate::SchemaSettings::openapi3().with(|s| s.inline_subschemas = true).into_generator();
+    serde_json::to_value(generator.into_root_schema_for::<T>()).unwrap_or_else(|_| anything())
 }
 
 fn gvk(resource: &Resource) -> Value {
@@ -135,6 +156,22 @@ pub fn unknown_fields(schema: &Value, value: &Value, path: &str, out: &mut Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_and_endpoint_slices_know_their_fields() {
+        let service = Resource::find("", "v1", "services").unwrap();
+        let object = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+            "spec": {"selector": {"a": "b"}, "ports": [{"port": 80, "targetPort": "http", "portName": "x"}],
+                     "clusterIp": "10.96.0.1"}});
+        let mut unknown = Vec::new();
+        unknown_fields(&schema(service), &object, "", &mut unknown);
+        assert_eq!(unknown, ["spec.clusterIp", "spec.ports[0].portName"]);
+        let slices = Resource::find("discovery.k8s.io", "v1", "endpointslices").unwrap();
+        let object = json!({"addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"], "ready": true}]});
+        let mut unknown = Vec::new();
+        unknown_fields(&schema(slices), &object, "", &mut unknown);
+        assert_eq!(unknown, ["endpoints[0].ready"]);
+    }
 
     #[test]
     fn unknown_fields_are_found_with_their_path() {

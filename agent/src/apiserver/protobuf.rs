@@ -1,17 +1,20 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), which
 //! kubectl 1.32 on sends for built-in kinds (`kubectl create namespace`,
-//! `kubectl create secret generic`) without falling back to JSON.
+//! `kubectl create secret generic`, `kubectl create service`) without
+//! falling back to JSON.
 //!
 //! The body is the `k8s\0` magic and a `runtime.Unknown` {typeMeta
 //! {apiVersion = 1, kind = 2} = 1, raw = 2, contentEncoding = 3,
 //! contentType = 4}; `raw` is the object in k8s.io/api's generated.proto
-//! field numbers. Namespace and Secret are decoded (into the JSON the rest
-//! of the server works on); any other kind, or a field not decoded here that
+//! field numbers. Namespace, Secret and Service (`service`) are decoded
+//! (into the JSON the rest of the server works on); any other kind, or a field not decoded here that
 //! carries a value, is refused with a Status rather than dropped. Answers
 //! are JSON, which kubectl accepts (it sends `Accept:
 //! application/vnd.kubernetes.protobuf,application/json`).
 
 use serde_json::{json, Map, Value};
+
+mod service;
 
 /// The media type of protobuf bodies.
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
@@ -281,6 +284,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => namespace(raw),
         ("v1", "Secret") => secret(raw),
+        ("v1", "Service") => service::service(raw),
         _ => Err(ProtobufError::UnsupportedKind(format!("{kind} ({api_version})"))),
     }
 }

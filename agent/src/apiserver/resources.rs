@@ -59,6 +59,18 @@ pub const RESOURCES: &[Resource] = &[
         categories: &[],
         status_subresource: false,
     },
+    // What Services reach, as the EndpointSlice controller writes them.
+    Resource {
+        group: "discovery.k8s.io",
+        version: "v1",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        kind: "EndpointSlice",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        status_subresource: false,
+    },
     // The same Events as core v1 (one storage; see `events`).
     Resource {
         group: "events.k8s.io",
@@ -133,7 +145,10 @@ mod tests {
         assert_eq!(vm.store_name(), "kubevirt.io/virtualmachines");
         let ns = Resource::find("", "v1", "namespaces").unwrap();
         assert_eq!((ns.api_version().as_str(), ns.namespaced), ("v1", false));
-        assert_eq!(Resource::groups(), ["coordination.k8s.io", "events.k8s.io", "kubevirt.io"]);
+        assert_eq!(Resource::groups(), ["coordination.k8s.io", "discovery.k8s.io", "events.k8s.io", "kubevirt.io"]);
+        let slices = Resource::find("discovery.k8s.io", "v1", "endpointslices").unwrap();
+        assert_eq!((slices.kind, slices.namespaced, slices.status_subresource), ("EndpointSlice", true, false));
+        assert_eq!(slices.store_name(), "discovery.k8s.io/endpointslices");
         assert!(Resource::find("kubevirt.io", "v2", "virtualmachines").is_none());
     }
 }

@@ -21,6 +21,7 @@ use super::objects::{self, Shared};
 use super::openapi;
 use super::openapi_v2;
 use super::private_files;
+use super::state::{ApiConfig, ApiState};
 use super::store::{ObjectKey, Store, StoreError};
 
 /// Namespaces that exist from the start, as in every cluster.
@@ -46,8 +47,9 @@ pub fn router(store: Shared) -> Router {
 }
 
 /// Opens the store under `data_dir` (created 0700 if missing, tightened if
-/// wider; the database file is born 0600) and creates the initial namespaces.
-pub fn open_store(data_dir: &Path) -> Result<Shared, StoreError> {
+/// wider; the database file is born 0600), creates the initial namespaces
+/// and sets up the state the handlers share.
+pub fn open_store(data_dir: &Path, config: &ApiConfig) -> Result<Shared, StoreError> {
     private_files::private_dir(data_dir).map_err(|e| StoreError::Database(format!("{}: {e}", data_dir.display())))?;
     let store = Store::open(&data_dir.join("state.redb"))?;
     for name in INITIAL_NAMESPACES {
@@ -66,7 +68,7 @@ pub fn open_store(data_dir: &Path) -> Result<Shared, StoreError> {
             store.create(&key, namespace)?;
         }
     }
-    Ok(Arc::new(store))
+    Ok(Arc::new(ApiState::new(store, config)))
 }
 
 /// Where the API listens.

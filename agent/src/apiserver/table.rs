@@ -1,47 +1,82 @@
 //! `kubectl get` asks for a Table (`Accept: ...;as=Table;g=meta.k8s.io;v=v1`):
 //! rows with the columns KubeVirt prints (VMs: Age, Status, Ready; VMIs: Age,
-//! Phase, IP, NodeName, Ready), evaluated from the CRD's printer columns.
+//! Phase, IP, NodeName, Ready), evaluated from the CRD's printer columns,
+//! and those kube-apiserver prints for built-in kinds (Events, Services,
+//! EndpointSlices; computed in `printers`).
 
 use serde_json::{json, Value};
 
 use super::resources::Resource;
 
+mod printers;
+
+/// Where a column's cells come from.
+enum Source {
+    /// A printer-column JSONPath; alternatives separated by `|` (the first set wins).
+    Path(&'static str),
+    /// Computed from the object, as kube-apiserver's printers for built-in kinds do.
+    Computed(fn(&Value) -> String),
+}
+
 struct Column {
     name: &'static str,
     kind: &'static str,
-    path: &'static str,
+    source: Source,
+    /// 0 shown always, 1 only with `-o wide`.
+    priority: u8,
+}
+
+impl Column {
+    fn path(name: &'static str, kind: &'static str, path: &'static str) -> Column {
+        Column { name, kind, source: Source::Path(path), priority: 0 }
+    }
+
+    fn computed(name: &'static str, compute: fn(&Value) -> String) -> Column {
+        Column { name, kind: "string", source: Source::Computed(compute), priority: 0 }
+    }
 }
 
 /// When an Event was last seen: events.k8s.io writers (kube-rs's Recorder)
 /// set only `eventTime` and `series`, core writers `lastTimestamp`.
 const LAST_SEEN: &str = ".series.lastObservedTime|.lastTimestamp|.eventTime";
-/// Not a path: the Event's object as kubectl shows it, `kind/name` in lower case.
-const INVOLVED_OBJECT: &str = "involvedObject";
 
 fn columns(resource: &Resource) -> Vec<Column> {
-    let age = Column { name: "Age", kind: "date", path: ".metadata.creationTimestamp" };
-    let ready = Column { name: "Ready", kind: "string", path: ".status.conditions[?(@.type=='Ready')].status" };
+    let age = || Column::path("Age", "date", ".metadata.creationTimestamp");
+    let ready = Column::path("Ready", "string", ".status.conditions[?(@.type=='Ready')].status");
     match resource.kind {
-        "VirtualMachine" => {
-            vec![age, Column { name: "Status", kind: "string", path: ".status.printableStatus" }, ready]
-        }
+        "VirtualMachine" => vec![age(), Column::path("Status", "string", ".status.printableStatus"), ready],
         "VirtualMachineInstance" => vec![
-            age,
-            Column { name: "Phase", kind: "string", path: ".status.phase" },
-            Column { name: "IP", kind: "string", path: ".status.interfaces[0].ipAddress" },
-            Column { name: "NodeName", kind: "string", path: ".status.nodeName" },
+            age(),
+            Column::path("Phase", "string", ".status.phase"),
+            Column::path("IP", "string", ".status.interfaces[0].ipAddress"),
+            Column::path("NodeName", "string", ".status.nodeName"),
             ready,
         ],
-        "Namespace" => vec![Column { name: "Status", kind: "string", path: ".status.phase" }, age],
+        "Namespace" => vec![Column::path("Status", "string", ".status.phase"), age()],
         // As the Kubernetes API server prints core Events (Name only with -o wide).
         "Event" => vec![
-            Column { name: "Last Seen", kind: "date", path: LAST_SEEN },
-            Column { name: "Type", kind: "string", path: ".type" },
-            Column { name: "Reason", kind: "string", path: ".reason" },
-            Column { name: "Object", kind: "string", path: INVOLVED_OBJECT },
-            Column { name: "Message", kind: "string", path: ".message" },
+            Column::path("Last Seen", "date", LAST_SEEN),
+            Column::path("Type", "string", ".type"),
+            Column::path("Reason", "string", ".reason"),
+            Column::computed("Object", printers::involved_object),
+            Column::path("Message", "string", ".message"),
         ],
-        _ => vec![age],
+        // kube-apiserver's printers for Services and EndpointSlices.
+        "Service" => vec![
+            Column::path("Type", "string", ".spec.type"),
+            Column::computed("Cluster-IP", printers::cluster_ip),
+            Column::computed("External-IP", printers::external_ip),
+            Column::computed("Port(s)", printers::service_ports),
+            age(),
+            Column { priority: 1, ..Column::computed("Selector", printers::selector) },
+        ],
+        "EndpointSlice" => vec![
+            Column::path("AddressType", "string", ".addressType"),
+            Column::computed("Ports", printers::slice_ports),
+            Column::computed("Endpoints", printers::slice_endpoints),
+            age(),
+        ],
+        _ => vec![age()],
     }
 }
 
@@ -107,13 +142,12 @@ pub fn age(timestamp: &str) -> String {
 
 /// Missing values are empty cells, as kubectl prints them for CRD columns.
 fn cell(column: &Column, object: &Value) -> Value {
-    if column.path == INVOLVED_OBJECT {
-        let involved = &object["involvedObject"];
-        let kind = involved["kind"].as_str().unwrap_or_default().to_lowercase();
-        return json!(format!("{kind}/{}", involved["name"].as_str().unwrap_or_default()));
-    }
+    let path = match column.source {
+        Source::Computed(compute) => return json!(compute(object)),
+        Source::Path(path) => path,
+    };
     // Alternatives separated by `|`: the first that is set.
-    let value = column.path.split('|').find_map(|path| evaluate(object, path).filter(|v| !v.is_null()));
+    let value = path.split('|').find_map(|path| evaluate(object, path).filter(|v| !v.is_null()));
     match value {
         None | Some(Value::Null) => json!(""),
         Some(Value::String(s)) if column.kind == "date" => json!(age(s)),
@@ -128,7 +162,7 @@ pub fn table(resource: &Resource, items: &[Value], resource_version: u64) -> Val
     ];
     let columns = columns(resource);
     for column in &columns {
-        definitions.push(json!({"name": column.name, "type": if column.kind == "date" { "string" } else { column.kind }, "format": "", "description": column.name, "priority": 0}));
+        definitions.push(json!({"name": column.name, "type": if column.kind == "date" { "string" } else { column.kind }, "format": "", "description": column.name, "priority": column.priority}));
     }
     let rows: Vec<Value> = items
         .iter()

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::{check_fields, create, update, Target};
 use crate::apiserver::error::ApiError;
 use crate::apiserver::patch;
-use crate::apiserver::store::Store;
+use crate::apiserver::state::ApiState;
 
 /// Content type of server-side apply requests (kubectl and kube-rs send JSON,
 /// which is YAML too; only JSON bodies are understood).
@@ -20,7 +20,7 @@ pub(super) const APPLY_PATCH: &str = "application/apply-patch+yaml";
 /// per-manager field ownership, so there are no apply conflicts and fields a
 /// manager stops applying are kept rather than removed.
 pub(super) fn server_side_apply(
-    store: &Store,
+    state: &ApiState,
     target: &Target,
     name: &str,
     applied: Value,
@@ -44,17 +44,17 @@ pub(super) fn server_side_apply(
             applied["metadata"]["name"].as_str().unwrap_or_default()
         )));
     }
-    match store.get(&target.key(name)).map_err(|e| ApiError::internal(e.to_string()))? {
+    match state.get(&target.key(name)).map_err(|e| ApiError::internal(e.to_string()))? {
         None => {
             let mut object = applied;
             object["metadata"]["name"] = json!(name);
-            create(store, target, object, strict)
+            create(state, target, object, strict)
         }
         Some(current) => {
             check_fields(target, &applied, strict)?;
             let mut merged = current.clone();
             patch::merge(&mut merged, &applied);
-            update(store, target, name, current, merged, false)
+            update(state, target, name, current, merged, false)
         }
     }
 }

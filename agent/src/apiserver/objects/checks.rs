@@ -1,13 +1,17 @@
-//! What create and update check and default before admission: unknown
-//! fields (`fieldValidation=Strict`), Kubernetes' metadata rules, the status
-//! a new object starts with and the defaults of built-in kinds.
+//! What create and update check and default: unknown fields
+//! (`fieldValidation=Strict`), Kubernetes' metadata rules, the status a new
+//! object starts with, the defaults of built-in kinds, and the rules of
+//! built-in kinds with more to them (Services, EndpointSlices).
 
 use serde_json::{json, Value};
 
 use super::Target;
+use crate::apiserver::endpointslices;
 use crate::apiserver::error::ApiError;
 use crate::apiserver::openapi;
 use crate::apiserver::resources::Resource;
+use crate::apiserver::services::{self, Turn};
+use crate::apiserver::state::ApiState;
 use crate::apiserver::validation;
 
 /// With `fieldValidation=Strict` (kubectl's default), fields the schema does
@@ -31,9 +35,36 @@ pub(super) fn check_fields(target: &Target, object: &Value, strict: bool) -> Res
 }
 
 /// What the server puts in `status` on create for resources with a status
-/// subresource (Kubernetes' `PrepareForCreate`): a Namespace starts Active.
+/// subresource (Kubernetes' `PrepareForCreate`): a Namespace starts Active,
+/// a Service with an empty load balancer status.
 pub(super) fn initial_status(resource: &Resource) -> Option<Value> {
-    (resource.group.is_empty() && resource.plural == "namespaces").then(|| json!({"phase": "Active"}))
+    match (resource.group, resource.plural) {
+        ("", "namespaces") => Some(json!({"phase": "Active"})),
+        ("", "services") => Some(json!({"loadBalancer": {}})),
+        _ => None,
+    }
+}
+
+/// The rules of built-in kinds that kube-apiserver's registry applies
+/// after its defaults (`current` is the stored object, on updates):
+/// Services are defaulted, validated and allocated their cluster IP and
+/// node ports, EndpointSlices validated. The [`Turn`] returned must be held
+/// until the object is stored, so no other write takes what it allocated.
+pub(super) fn builtin_rules<'a>(
+    state: &'a ApiState,
+    target: &Target,
+    name: &str,
+    object: &mut Value,
+    current: Option<&Value>,
+) -> Result<Option<Turn<'a>>, ApiError> {
+    match (target.resource.group, target.resource.kind) {
+        ("", "Service") => services::admit(state, &target.key(name), object, current),
+        (endpointslices::GROUP, "EndpointSlice") => {
+            endpointslices::admit(name, object, current)?;
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Kubernetes' defaults for fields a client may leave out: a Secret without

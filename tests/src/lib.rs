@@ -118,6 +118,16 @@ pub fn require_tool(tool: &str, debian_package: &str) -> PathBuf {
     })
 }
 
+/// `kubectl.1.MINOR`, installed beside the target of the machine's `kubectl`
+/// symlink (scripts/install-deps puts 1.27 ... 1.33 there).
+pub fn kubectl_of_minor(minor: u32) -> PathBuf {
+    let kubectl = require_tool("kubectl", "kubectl");
+    let dir = std::fs::canonicalize(&kubectl).expect("kubectl resolves").parent().expect("a directory").to_path_buf();
+    let binary = dir.join(format!("kubectl.1.{minor}"));
+    assert!(binary.is_file(), "{} is missing: run scripts/install-deps", binary.display());
+    binary
+}
+
 /// True when this process can open /dev/kvm read-write.
 pub fn kvm_available() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()

@@ -225,13 +225,19 @@ impl Drop for Standalone {
     }
 }
 
-/// SIGKILLs every VM process with a state directory under `run_dir`.
+/// SIGKILLs every VM process with a state directory under `run_dir`, and
+/// frees the network namespace (`/run/netns/kvmlet-<uid>`, shared by the
+/// whole machine) a node on the pod network made for it.
 pub fn kill_vm_processes(run_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(run_dir.join("vms")) else { return };
     for entry in entries.flatten() {
         let pid = std::fs::read_to_string(entry.path().join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
         if let Some(pid) = pid {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let netns = format!("kvmlet-{}", entry.file_name().to_string_lossy());
+        if Path::new("/run/netns").join(&netns).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &netns]).status();
         }
     }
 }

@@ -10,6 +10,8 @@ use clap::Args;
 use super::controller::ControllerArgs;
 use super::node_args::NodeArgs;
 use crate::apiserver::embedded::EmbeddedApi;
+use crate::apiserver::services::{ServiceCidr, DEFAULT_SERVICE_CIDR};
+use crate::apiserver::state::ApiConfig;
 use crate::apiserver::{server, tls};
 use crate::controller;
 use crate::debug_socket;
@@ -32,9 +34,18 @@ pub struct StandaloneArgs {
     /// Run the VM controller and scheduler even with --no-node (by default they run with the node loop).
     #[arg(long)]
     pub controller: bool,
+    /// IPv4 range Services' cluster IPs are allocated from (/12 to /28; its
+    /// network and broadcast addresses are never handed out).
+    #[arg(long, value_name = "CIDR", default_value = DEFAULT_SERVICE_CIDR)]
+    pub service_cidr: ServiceCidr,
     /// Serve /healthz, /readyz and /metrics on this address.
     #[arg(long, value_name = "ADDR", env = "KVMLET_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// Where the service proxy serves NodePorts (with --network masquerade):
+    /// IPv4 networks or addresses, comma-separated or repeated, as
+    /// kube-proxy's flag (default: every address of the node, loopback included).
+    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<crate::services::proxy::Ipv4Cidr>,
     #[command(flatten)]
     pub controller_args: ControllerArgs,
     #[command(flatten)]
@@ -50,7 +61,7 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _health = super::health::serve_optional(args.health_listen, ready.clone()).await?;
-        let api = EmbeddedApi::open(&args.data_dir)?;
+        let api = EmbeddedApi::open_with(&args.data_dir, &ApiConfig { service_cidr: args.service_cidr })?;
         // First, so a second server on a busy run directory stops before it starts anything.
         let node =
             node_config.map(|config| NodeLoop::new(api.client(), config.clone()).map(|n| (n, config))).transpose()?;
@@ -69,6 +80,16 @@ pub fn main(args: StandaloneArgs) -> anyhow::Result<()> {
             }
             tokio::spawn(controller::scheduler::run(api.client(), scheduling));
         }
+        // With a pod network, this machine is also the service proxy (a cluster has kube-proxy).
+        let _proxy = node.as_ref().filter(|(_, config)| config.cni.is_some()).map(|_| {
+            let addresses = crate::services::proxy::NodePortAddresses(args.nodeport_addresses.clone());
+            let client = api.client();
+            crate::controller::AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = crate::services::proxy::run(client, addresses).await {
+                    tracing::error!(error = %crate::errors::with_causes(&e), "the service proxy stopped");
+                }
+            }))
+        });
         if let Some((node, config)) = node {
             let socket = config.run_dir.join(debug_socket::SOCKET_NAME);
             let listener = debug_socket::server::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;

@@ -15,7 +15,7 @@ use e2e::node::{create, wait_for, wait_for_phase};
 use e2e::standalone::Standalone;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use proto::kubevirt::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstancePhase as Phase};
 use serde_json::{json, Value};
 
@@ -292,6 +292,28 @@ async fn inside_a_private_namespace() {
     let both: std::collections::BTreeSet<String> =
         ["probe-banner pair-a\n".to_string(), "probe-banner pair-b\n".to_string()].into();
     assert_eq!(answered, both, "random choice between the two endpoints");
+
+    // The Service edited: its slice follows; deleted: its slices go with it.
+    let edit = json!({"spec": {"ports": [{"port": 2222, "targetPort": 2200}]}});
+    services.patch("pair", &PatchParams::default(), &Patch::Merge(&edit)).await.unwrap();
+    let selector = "kubernetes.io/service-name=pair,endpointslice.kubernetes.io/managed-by=kvmlet.io";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = slices.list(&ListParams::default().labels(selector)).await.unwrap();
+        let ports: Vec<Option<i32>> =
+            list.items.iter().flat_map(|s| s.ports.iter().flatten()).map(|p| p.port).collect();
+        if ports == [Some(2200)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slice keeps {ports:?} after the edit\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    services.delete("pair", &DeleteParams::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while slice_endpoints(&slices, "pair").await.is_some() {
+        assert!(Instant::now() < deadline, "the deleted Service's slices stay\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // No --port: the ports listed on the pod-network interface, named port-1, port-2, ...
     let listed = vm_spec("listed", json!({}), json!([{"port": 22}, {"name": "dns", "port": 53, "protocol": "UDP"}]));

@@ -6,8 +6,8 @@
 //!
 //! The namespace is `ip netns`-style: a bind mount at `/run/netns/kvmlet-<uid>`,
 //! so it outlives the agent (a restarted agent finds it) and is freed by
-//! `delete`. Links and rules are made with `ip` and `nft -f -` (iproute2 and
-//! nftables), run inside the namespace.
+//! `delete`. Links and rules are made with `ip -batch` and `nft -f -`
+//! (iproute2 and nftables), started inside the namespace.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,6 +34,12 @@ pub enum NetnsError {
     },
     #[error("{command} failed: {stderr}")]
     Failed { command: String, stderr: String },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One VM's network namespace, named after its VMI's UID.
@@ -61,34 +67,57 @@ impl VmNetns {
         self.path().exists()
     }
 
-    /// Makes the namespace (kept when it exists: a restarted agent re-attaches) with `lo` up.
+    /// Makes the namespace (kept when it exists: a restarted agent re-attaches).
     pub fn create(&self) -> Result<(), NetnsError> {
-        if !self.exists() {
-            run(Command::new("ip").args(["netns", "add", &self.name]), None)?;
+        if self.exists() {
+            return Ok(());
         }
-        self.ip(&["link", "set", "lo", "up"])
+        run(Command::new("ip").args(["netns", "add", &self.name]), None)
     }
 
-    /// The masquerade layout on top of the pod side `eth0`: bridge, tap and
-    /// nft table. `ports` are the forwarded ports (all when empty); `mtu`
-    /// is the pod interface's. Idempotent: what exists is kept, the table is replaced.
+    /// The masquerade layout on top of the pod side `eth0`: `lo` up, bridge,
+    /// tap and nft table. `ports` are the forwarded ports (all when empty);
+    /// `mtu` is the pod interface's. Idempotent: what exists is kept, the
+    /// table is replaced.
+    ///
+    /// One thread enters the namespace and does it all from there: the links
+    /// in one `ip -batch`, the sysctls as file writes, then `nft -f` (both
+    /// programs start in the thread's namespace). Each program started costs
+    /// a few milliseconds, and they add up to VMI → Running.
     pub fn set_up_masquerade(&self, ports: &[Port], mtu: u16) -> Result<(), NetnsError> {
-        let mtu = mtu.to_string();
-        if !self.has_link(BRIDGE)? {
-            self.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
-        }
-        self.ip(&["link", "set", BRIDGE, "address", &BRIDGE_MAC.to_string(), "mtu", &mtu])?;
-        let gateway = format!("{GATEWAY_ADDRESS}/{GUEST_PREFIX_LEN}");
-        self.ip(&["address", "replace", &gateway, "dev", BRIDGE])?;
-        if !self.has_link(TAP)? {
-            self.ip(&["tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr"])?;
-        }
-        self.ip(&["link", "set", TAP, "master", BRIDGE, "mtu", &mtu, "up"])?;
-        self.ip(&["link", "set", BRIDGE, "up"])?;
-        self.sysctl("net.ipv4.ip_forward", "1")?;
-        self.sysctl(&format!("net.ipv4.conf.{BRIDGE}.route_localnet"), "1")?;
         let ruleset = masquerade_ruleset(ports);
-        run(Command::new("ip").args(["netns", "exec", &self.name, "nft", "-f", "-"]), Some(&ruleset))
+        self.inside(|| {
+            let exists = |link: &str| nix::net::if_::if_nametoindex(link).is_ok();
+            let mut batch = String::from("link set lo up\n");
+            if !exists(BRIDGE) {
+                batch.push_str(&format!("link add {BRIDGE} type bridge\n"));
+            }
+            batch.push_str(&format!("link set {BRIDGE} address {BRIDGE_MAC} mtu {mtu}\n"));
+            batch.push_str(&format!("address replace {GATEWAY_ADDRESS}/{GUEST_PREFIX_LEN} dev {BRIDGE}\n"));
+            if !exists(TAP) {
+                batch.push_str(&format!("tuntap add dev {TAP} mode tap vnet_hdr\n"));
+            }
+            batch.push_str(&format!("link set {TAP} master {BRIDGE} mtu {mtu} up\nlink set {BRIDGE} up\n"));
+            run(Command::new("ip").args(["-batch", "-"]), Some(&batch))?;
+            sysctl("net/ipv4/ip_forward")?;
+            sysctl(&format!("net/ipv4/conf/{BRIDGE}/route_localnet"))?;
+            run(Command::new("nft").args(["-f", "-"]), Some(&ruleset))
+        })
+    }
+
+    /// Runs `work` on a thread of its own that entered the namespace (only
+    /// that thread: the rest of the agent stays where it is).
+    fn inside(&self, work: impl FnOnce() -> Result<(), NetnsError> + Send) -> Result<(), NetnsError> {
+        let enter_error = |source| NetnsError::Io { what: format!("enter {}", self.path().display()), source };
+        let namespace = std::fs::File::open(self.path()).map_err(enter_error)?;
+        std::thread::scope(|scope| {
+            let worker = scope.spawn(|| {
+                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| enter_error(std::io::Error::from(e)))?;
+                work()
+            });
+            worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     /// Frees the namespace and everything in it (links, tap, nft table);
@@ -99,24 +128,13 @@ impl VmNetns {
         }
         run(Command::new("ip").args(["netns", "delete", &self.name]), None)
     }
+}
 
-    fn has_link(&self, link: &str) -> Result<bool, NetnsError> {
-        let output = Command::new("ip")
-            .args(["-n", &self.name, "link", "show", "dev", link])
-            .stderr(Stdio::null())
-            .output()
-            .map_err(|source| NetnsError::Spawn { command: "ip link show".into(), source })?;
-        Ok(output.status.success())
-    }
-
-    fn ip(&self, args: &[&str]) -> Result<(), NetnsError> {
-        run(Command::new("ip").args(["-n", &self.name]).args(args), None)
-    }
-
-    fn sysctl(&self, key: &str, value: &str) -> Result<(), NetnsError> {
-        let setting = format!("{key}={value}");
-        run(Command::new("ip").args(["netns", "exec", &self.name, "sysctl", "-qw", &setting]), None)
-    }
+/// Sets a boolean sysctl of the calling thread's network namespace (`/proc/sys/net`
+/// shows the namespace of the thread that opens it).
+fn sysctl(key: &str) -> Result<(), NetnsError> {
+    let path = format!("/proc/sys/{key}");
+    std::fs::write(&path, "1").map_err(|source| NetnsError::Io { what: format!("write {path}"), source })
 }
 
 /// Runs `command` (feeding it `stdin`), its stderr in the error.

@@ -47,6 +47,8 @@ fn the_layout_is_made_idempotently_and_deleting_the_namespace_frees_it() {
         // Again, as on re-attach after an agent restart.
         netns.create().unwrap();
         netns.set_up_masquerade(&[tcp(8080)], 1400).unwrap();
+        let lo = in_netns(&netns, &["ip", "-o", "link", "show", "dev", "lo"]);
+        assert!(lo.contains(",UP"), "{lo}");
         let links = in_netns(&netns, &["ip", "-o", "link", "show"]);
         assert!(links.contains("k6t-eth0:") && links.contains("tap0:"), "{links}");
         let bridge = in_netns(&netns, &["ip", "-o", "address", "show", "dev", "k6t-eth0"]);

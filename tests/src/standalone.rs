@@ -76,6 +76,9 @@ fn spawn(dir: &Path, listen: &str, args: &[OsString]) -> Child {
         .arg(dir)
         .args(["--listen", listen])
         .args(args)
+        // No pod network unless a test asks for one (`--network masquerade`,
+        // inside its own namespace), even on a machine with a CNI configuration.
+        .env("KVMLET_NETWORK", "none")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -92,8 +92,10 @@ pub struct NodeArgs {
     pub insecure_registries: Vec<String>,
     /// The network each VM gets: `masquerade` (KubeVirt's default: a NIC on
     /// the pod network through the node's CNI plugins, in a namespace of its
-    /// own) or `none` (VMIs that name no network run without a NIC).
-    #[arg(long, value_enum, default_value_t = NetworkMode::None, env = "KVMLET_NETWORK")]
+    /// own), `none` (VMIs that name no network run without a NIC), or
+    /// `auto`: masquerade when the node has a pod network (`--pod-cidr`, or a
+    /// configuration in `--cni-conf-dir`), else none.
+    #[arg(long, value_enum, default_value_t = NetworkMode::Auto, env = "KVMLET_NETWORK")]
     pub network: NetworkMode,
     /// The node's CNI network configuration (the first file by name is used).
     #[arg(long, value_name = "DIR", default_value = cni::DEFAULT_CONF_DIR, env = "KVMLET_CNI_CONF_DIR")]
@@ -109,6 +111,7 @@ pub struct NodeArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum NetworkMode {
+    Auto,
     None,
     Masquerade,
 }
@@ -151,6 +154,7 @@ impl NodeArgs {
         let cni = match self.network {
             NetworkMode::None => None,
             NetworkMode::Masquerade => Some(self.cni_network()?),
+            NetworkMode::Auto => self.node_pod_network()?,
         };
         Ok(NodeConfig {
             registry,
@@ -182,6 +186,23 @@ impl NodeArgs {
 }
 
 impl NodeArgs {
+    /// `--network auto`: the node's pod network when it has one. A node
+    /// without a CNI configuration has none (said in the log); a broken
+    /// configuration is an error, not a reason to run VMs without a network.
+    fn node_pod_network(&self) -> anyhow::Result<Option<CniNetwork>> {
+        match self.cni_network() {
+            Ok(network) => Ok(Some(network)),
+            Err(e) if e.downcast_ref::<cni::CniError>().is_some_and(cni::CniError::is_missing) => {
+                tracing::info!(
+                    conf_dir = %self.cni_conf_dir.display(),
+                    "no CNI configuration and no --pod-cidr: VMIs run without a network (--network auto)"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The CNI network VMs are attached to: `--pod-cidr`'s built-in one, else
     /// the first configuration in `--cni-conf-dir`.
     fn cni_network(&self) -> anyhow::Result<CniNetwork> {
@@ -244,6 +265,32 @@ mod tests {
         assert!(plain.to_string().contains("--insecure-registry 127.0.0.1:5000"), "{plain}");
         let bad = parse(&["--registry-mirror", "docker.io"]).unwrap_err().to_string();
         assert!(bad.contains("REGISTRY=URL"), "{bad}");
+    }
+
+    #[test]
+    fn network_auto_uses_the_nodes_pod_network_when_it_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf_dir = dir.path().to_str().unwrap();
+        let cni = |extra: &[&str]| {
+            let mut args = vec!["--cni-conf-dir", conf_dir];
+            args.extend_from_slice(extra);
+            parse(&args).unwrap().config().map(|c| c.cni.is_some())
+        };
+        assert!(!cni(&[]).unwrap(), "no configuration: no network");
+        let missing = parse(&["--cni-conf-dir", "/nonexistent/cni"]).unwrap().config().unwrap();
+        assert!(missing.cni.is_none(), "no directory: no network");
+        assert!(cni(&["--pod-cidr", "10.88.0.0/16"]).unwrap(), "--pod-cidr is a pod network");
+        let explicit = cni(&["--network", "masquerade"]).unwrap_err().to_string();
+        assert!(explicit.contains(conf_dir), "masquerade without a configuration is an error: {explicit}");
+        std::fs::write(
+            dir.path().join("10-pods.conflist"),
+            r#"{"cniVersion": "1.0.0", "name": "pods", "plugins": []}"#,
+        )
+        .unwrap();
+        assert!(cni(&[]).unwrap(), "a configuration: masquerade");
+        assert!(!cni(&["--network", "none"]).unwrap());
+        std::fs::write(dir.path().join("00-broken.conf"), "{ not json").unwrap();
+        assert!(cni(&[]).is_err(), "a broken configuration is an error, not no network");
     }
 
     #[test]

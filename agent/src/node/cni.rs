@@ -85,6 +85,17 @@ pub fn default_conflist(pod_cidr: &str, ipam_dir: &Path) -> Value {
     })
 }
 
+impl CniError {
+    /// The node has no CNI configuration at all (no directory, or no file in it).
+    pub fn is_missing(&self) -> bool {
+        match self {
+            CniError::NoConfig(_) => true,
+            CniError::Read { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+}
+
 impl CniNetwork {
     pub fn new(conflist: Value, source: PathBuf, bin_dir: PathBuf) -> CniNetwork {
         CniNetwork { conflist, source, bin_dir }

@@ -255,3 +255,46 @@ async fn vm_processes_move_into_the_cgroup_parent() {
     assert!(!parent.join(&uid).exists(), "the VM's cgroup is removed with it");
     std::fs::remove_dir(&parent).unwrap();
 }
+
+/// The node checks `--max-vms` itself: a VMI assigned beyond it (here by
+/// hand, around the scheduler) waits Unschedulable, with nothing of it
+/// prepared, and starts once a slot is free.
+#[tokio::test]
+async fn the_node_refuses_vmis_beyond_max_vms_until_a_slot_is_free() {
+    let api = Standalone::start();
+    let client = api.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
+    let dirs = tempfile::tempdir().unwrap();
+    let run_dir = dirs.path().join("small");
+    let _reaper = VmReaper(run_dir.clone());
+    let _agent = Agent::start_with(&api, "small", &run_dir, &["--max-vms", "1"]);
+    wait_node(&nodes, "small", "schedulable", |n| label(n, "kubevirt.io/schedulable") == Some("true")).await;
+
+    create(&vmis, &probe_vmi("first", "probe.action=wait", 0)).await;
+    assign(&vmis, "first", "small").await;
+    wait_for_phase(&vmis, &api, "first", Phase::Running).await;
+    create(&vmis, &probe_vmi("second", "probe.action=wait", 0)).await;
+    assign(&vmis, "second", "small").await;
+    let unschedulable = |v: Option<&VirtualMachineInstance>| {
+        v.and_then(|v| v.status.as_ref()).is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "Ready"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+                    && c.message.as_deref() == Some("node small already runs its maximum of 1 VMs (--max-vms)")
+            })
+        })
+    };
+    let waiting =
+        wait_for(&vmis, &api, "second", "Unschedulable", Duration::from_secs(30), unschedulable).await.unwrap();
+    assert_eq!(phase(&waiting), Some(Phase::Scheduled));
+    let uid = waiting.metadata.uid.unwrap();
+    assert!(!run_dir.join("vms").join(&uid).exists(), "nothing of the refused VMI was prepared");
+    let reasons = event_reasons(&client, "second").await;
+    assert!(reasons.iter().any(|(reason, _)| reason == "Unschedulable"), "{reasons:?}");
+
+    vmis.delete("first", &DeleteParams::default()).await.unwrap();
+    wait_gone(&vmis, &api, "first").await;
+    wait_for_phase(&vmis, &api, "second", Phase::Running).await;
+}

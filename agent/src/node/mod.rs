@@ -25,6 +25,7 @@ mod reconcile_tests;
 pub mod registration;
 pub mod report;
 pub mod run_dir;
+pub mod slots;
 pub mod translate;
 pub mod vm_network;
 pub mod vms;
@@ -110,6 +111,10 @@ pub struct NodeContext {
     pub reporter: report::VmiReporter,
     /// Image pulls and the node's image store.
     pub images: crate::images::Images,
+    /// What the node offers (published on its Node).
+    pub capacity: registration::Capacity,
+    /// `--max-vms`, checked by the node itself.
+    pub slots: slots::VmSlots,
 }
 
 impl NodeContext {
@@ -185,7 +190,14 @@ impl NodeLoop {
         }
         crate::metrics::global().add_collector(crate::metrics::vm::collector(vms.clone(), config.node_name.clone()));
         let reporter = report::VmiReporter::new(client.clone(), &config.node_name);
-        Ok(NodeLoop { ctx: Arc::new(NodeContext { config, client, vms, reporter, images }), pokes, _run_dir: lock })
+        let capacity = registration::Capacity::of_this_host(
+            config.cpu_allocation_ratio,
+            config.memory_capacity_mib,
+            config.max_vms,
+        );
+        let slots = slots::VmSlots::new(capacity.vms);
+        let ctx = NodeContext { config, client, vms, reporter, images, capacity, slots };
+        Ok(NodeLoop { ctx: Arc::new(ctx), pokes, _run_dir: lock })
     }
 
     /// The VM table, for the debugging socket.
@@ -229,11 +241,7 @@ impl NodeLoop {
 }
 
 async fn register_until_done(ctx: &NodeContext) {
-    let capacity = registration::Capacity::of_this_host(
-        ctx.config.cpu_allocation_ratio,
-        ctx.config.memory_capacity_mib,
-        ctx.config.max_vms,
-    );
+    let capacity = ctx.capacity;
     let mut delay = Duration::from_millis(100);
     loop {
         match registration::register(&ctx.client, &ctx.config.node_name, capacity).await {

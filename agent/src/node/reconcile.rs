@@ -192,7 +192,13 @@ fn lost() -> VmExit {
     }
 }
 
+/// How often a VMI waiting for a free VM slot looks again.
+const SLOT_RETRY: Duration = Duration::from_secs(2);
+
 async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Result<Action, NodeError> {
+    let Some(_slot) = ctx.slots.take(uid, &ctx.vms) else {
+        return unschedulable(vmi, ctx).await;
+    };
     let vmi = &ctx.reporter.add_finalizer(vmi).await?;
     // Images first: a pull runs in the background and pokes this VMI when done.
     match ctx.images.ensure(vmi) {
@@ -303,6 +309,26 @@ async fn record_image_events(vmi: &VirtualMachineInstance, events: Vec<images::N
 }
 
 /// Fails a VMI that cannot run here: phase, condition and event name the field.
+/// The node runs its maximum of VMs: this VMI waits, `Unschedulable`, and
+/// starts once a slot is free (nothing of it was prepared).
+async fn unschedulable(vmi: &VirtualMachineInstance, ctx: &NodeContext) -> Result<Action, NodeError> {
+    let max = ctx.slots.max();
+    let message = format!("node {} already runs its maximum of {max} VMs (--max-vms)", ctx.config.node_name);
+    let already =
+        vmi.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.reason.as_deref() == Some(UNSCHEDULABLE)));
+    if !already {
+        tracing::warn!(%message, "VMI waits for a free VM slot");
+        ctx.reporter.event(vmi, EventType::Warning, UNSCHEDULABLE, message.clone()).await;
+    }
+    let phase = vmi.status.as_ref().and_then(|s| s.phase).unwrap_or(Phase::Scheduled);
+    let change = PhaseChange { phase, reason: Some(UNSCHEDULABLE.into()), message: Some(message), ready: false };
+    ctx.reporter.phase(vmi, &change).await?;
+    Ok(Action::requeue(SLOT_RETRY))
+}
+
+/// Kubernetes' reason for what the node cannot take now.
+const UNSCHEDULABLE: &str = "Unschedulable";
+
 async fn fail(
     vmi: &VirtualMachineInstance,
     field: &str,

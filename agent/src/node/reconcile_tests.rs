@@ -60,6 +60,8 @@ fn node() -> Node {
         reporter: VmiReporter::new(client.clone(), NODE),
         vms: VmTable::new(poke),
         images,
+        capacity: crate::node::registration::Capacity::of_this_host(10, None, None),
+        slots: crate::node::slots::VmSlots::new(100),
         client,
         config,
     };

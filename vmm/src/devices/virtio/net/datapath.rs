@@ -24,6 +24,10 @@ pub const MIN_TX_LEN: usize = VNET_HDR_LEN + ETHERNET_HEADER_LEN;
 const MAX_INJECTED: usize = 8;
 /// Frames moved per wakeup in one direction before the other gets its turn.
 const MAX_FRAMES_PER_PASS: usize = 256;
+/// Transmitted frames this long or longer go to the backend straight from
+/// guest memory (one `writev`); shorter ones are copied first, so the DHCP
+/// responder can look at them (DHCP requests are a few hundred bytes).
+const ZERO_COPY_TX_LEN: usize = 4096;
 
 /// The available ring cannot be used any more: the device needs a reset.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,8 @@ pub struct Datapath {
     rx_pending: Option<usize>,
     injected: VecDeque<Vec<u8>>,
     tx_frame: Vec<u8>,
+    /// The current transmit chain's buffers (kept for their capacity).
+    tx_segments: Vec<(GuestAddress, usize)>,
     pub counters: NetCounters,
 }
 
@@ -93,6 +99,7 @@ impl Datapath {
             rx_pending: None,
             injected: VecDeque::new(),
             tx_frame: vec![0; MAX_FRAME_LEN],
+            tx_segments: Vec::new(),
             counters: NetCounters::default(),
         }
     }
@@ -128,23 +135,29 @@ impl Datapath {
             let head = chain.head_index();
             let mut len = 0usize;
             let mut valid = true;
+            self.tx_segments.clear();
             for desc in chain {
                 let n = desc.len() as usize;
-                if desc.is_write_only() || len + n > MAX_FRAME_LEN {
+                if desc.is_write_only() || len + n > MAX_FRAME_LEN || !in_ram(&self.memory, desc.addr(), desc.len()) {
                     valid = false;
                     break;
                 }
-                if self.memory.read_slice(&mut self.tx_frame[len..len + n], desc.addr()).is_err() {
-                    valid = false;
-                    break;
-                }
+                self.tx_segments.push((desc.addr(), n));
                 len += n;
             }
-            if valid && len >= MIN_TX_LEN {
-                self.transmit(len);
-            } else {
+            if !valid || len < MIN_TX_LEN {
                 tracing::debug!(len, valid, "virtio-net: malformed transmit chain dropped");
                 self.counters.tx_dropped += 1;
+            } else if len >= ZERO_COPY_TX_LEN {
+                self.transmit_from_guest(len);
+            } else {
+                let mut offset = 0;
+                for &(addr, n) in &self.tx_segments {
+                    // Checked to be guest RAM above.
+                    let _ = self.memory.read_slice(&mut self.tx_frame[offset..offset + n], addr);
+                    offset += n;
+                }
+                self.transmit(len);
             }
             self.tx.add_used(&self.memory, head, 0).map_err(|_| QueueBroken("transmit used ring unusable"))?;
             used_any = true;
@@ -156,6 +169,45 @@ impl Datapath {
             self.process_rx()?;
         }
         Ok(drained)
+    }
+
+    /// Writes the chain in `tx_segments` (`len` bytes, checked to be guest
+    /// RAM) to the backend as one frame, without copying it.
+    fn transmit_from_guest(&mut self, len: usize) {
+        let mut guards = Vec::with_capacity(self.tx_segments.len());
+        for &(addr, n) in &self.tx_segments {
+            match self.memory.get_slice(addr, n) {
+                Ok(slice) => guards.push((slice.ptr_guard(), n)),
+                Err(_) => {
+                    self.counters.tx_dropped += 1;
+                    return;
+                }
+            }
+        }
+        let buffers: Vec<std::io::IoSlice<'_>> = guards
+            .iter()
+            .map(|(guard, n)| {
+                // SAFETY: each guard keeps a live mapping of `n` bytes of guest
+                // RAM (checked by get_slice); the guest may change the bytes while
+                // the kernel copies them, which changes only what is sent.
+                std::io::IoSlice::new(unsafe { std::slice::from_raw_parts(guard.as_ptr(), *n) })
+            })
+            .collect();
+        self.count_write(self.backend.file().write_vectored(&buffers), len);
+    }
+
+    /// Counts a write of one `len`-byte frame to the backend.
+    fn count_write(&mut self, result: std::io::Result<usize>, len: usize) {
+        match result {
+            Ok(written) if written == len => self.counters.tx_frames += 1,
+            Ok(_) => self.counters.tx_dropped += 1,
+            Err(e) => {
+                if e.kind() != ErrorKind::WouldBlock {
+                    tracing::debug!(error = %e, "virtio-net: the backend refused a frame");
+                }
+                self.counters.tx_dropped += 1;
+            }
+        }
     }
 
     fn transmit(&mut self, len: usize) {
@@ -175,16 +227,8 @@ impl Datapath {
             }
         }
         // A tap (like a SOCK_SEQPACKET socket) takes a frame whole or not at all.
-        match self.backend.file().write(&self.tx_frame[..len]) {
-            Ok(written) if written == len => self.counters.tx_frames += 1,
-            Ok(_) => self.counters.tx_dropped += 1,
-            Err(e) => {
-                if e.kind() != ErrorKind::WouldBlock {
-                    tracing::debug!(error = %e, "virtio-net: the backend refused a frame");
-                }
-                self.counters.tx_dropped += 1;
-            }
-        }
+        let result = self.backend.file().write(&self.tx_frame[..len]);
+        self.count_write(result, len);
     }
 
     /// Fills receive buffers: DHCP replies first, then the backend's frames,

@@ -151,6 +151,21 @@ fn transmitted_frames_reach_the_backend_with_their_header() {
 }
 
 #[test]
+fn a_large_frame_goes_out_straight_from_guest_memory_whole() {
+    let mut rig = rig(false, 16);
+    // TSO-sized, over several descriptors: written with one writev, not copied.
+    let bytes = with_header(&ethernet(60_000));
+    rig.send(&bytes, 5);
+    // One large chain partly outside guest memory is dropped, not sent in part.
+    rig.tx.add_chain(&rig.mem, &[(TX_BUF, 8192, false), (MEM_SIZE as u64 - 10, 8192, false)]);
+    assert!(rig.datapath.process_tx().unwrap());
+    assert_eq!(peer_read(&mut rig.peer).unwrap(), bytes);
+    assert!(peer_read(&mut rig.peer).is_none(), "the broken chain sent nothing");
+    assert_eq!((rig.datapath.counters.tx_frames, rig.datapath.counters.tx_dropped), (1, 1));
+    assert_eq!(rig.tx.used_idx(&rig.mem), 2);
+}
+
+#[test]
 fn received_frames_fill_one_buffer_with_num_buffers_1() {
     let mut rig = rig(false, 16);
     let bytes = with_header(&ethernet(60));

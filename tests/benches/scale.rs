@@ -90,11 +90,11 @@ async fn main() {
     let capacity = format!("{}Mi", n * GUEST_MIB + 1024);
     let max_vms = (n + 16).to_string();
     // Idle guests halt: vCPUs overcommit by the most the node allows (2 host
-    // CPUs x 100 = 200 vCPUs, so N above 200 needs more host CPUs).
+    // CPUs x 1000 = 2000 one-vCPU VMIs).
     let server = BenchServer::start(
         &kvmlet,
         dir.path(),
-        &["--memory-capacity", &capacity, "--max-vms", &max_vms, "--cpu-allocation-ratio", "100"],
+        &["--memory-capacity", &capacity, "--max-vms", &max_vms, "--cpu-allocation-ratio", "1000"],
     );
     let client = server.client().await;
     let api: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());

@@ -173,7 +173,7 @@ fn help_version_and_completions() {
         assert!(text.contains("Usage: kvmlet"), "kvmlet {command} --help:\n{text}");
     }
     assert!(!help.contains("vm-process"), "the VM process subcommand is internal");
-    for ratio in ["0", "101", "x"] {
+    for ratio in ["0", "1001", "x"] {
         let out = Command::new(kvmlet).args(["agent", "--cpu-allocation-ratio", ratio]).output().unwrap();
         let why = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && why.contains("--cpu-allocation-ratio"), "ratio {ratio}: {why}");

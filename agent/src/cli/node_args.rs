@@ -48,7 +48,7 @@ pub struct NodeArgs {
     /// vCPUs offered per host CPU (kvmlet.io/vcpus = host CPUs x N), like
     /// KubeVirt's cpuAllocationRatio: idle guests halt, so vCPUs overcommit.
     #[arg(long, value_name = "N", default_value_t = 10, env = "KVMLET_CPU_ALLOCATION_RATIO",
-          value_parser = clap::value_parser!(u64).range(1..=100))]
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub cpu_allocation_ratio: u64,
     /// Feature gates to open, as KubeVirt's (comma list, repeatable). Known: HostDisk
     /// (hostDisk volumes, under a --host-disk-root only).

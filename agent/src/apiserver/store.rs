@@ -19,6 +19,8 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
 /// Changes kept for watches; a watch from before the oldest gets 410 Gone.
+/// redb's own page cache, in bytes.
+const PAGE_CACHE_BYTES: usize = 16 << 20;
 pub const EVENT_HISTORY: u64 = 10_000;
 
 /// Where an object lives: resource (`kubevirt.io/virtualmachines`, `namespaces`),
@@ -175,7 +177,12 @@ impl Store {
     pub fn open_with_history(path: &Path, history: u64) -> Result<Store, StoreError> {
         // Born 0600: the objects include Secrets.
         let file = super::private_files::open_private(path).map_err(|e| StoreError::Database(e.to_string()))?;
-        let db = Database::builder().create_with_backend(redb::backends::FileBackend::new(file)?)?;
+        // redb caches up to 1 GiB of pages by default, growing the agent's
+        // RSS with every object written; the kernel's page cache keeps the
+        // file's hot pages anyway.
+        let db = Database::builder()
+            .set_cache_size(PAGE_CACHE_BYTES)
+            .create_with_backend(redb::backends::FileBackend::new(file)?)?;
         let txn = db.begin_write()?;
         {
             txn.open_table(OBJECTS)?;

@@ -18,6 +18,7 @@ mod exit;
 pub mod firmware;
 mod host_files;
 pub mod jail;
+pub mod malloc;
 pub mod net_config;
 pub mod nocloud;
 pub mod seccomp;

@@ -9,7 +9,7 @@ use super::embedded::EmbeddedApi;
 
 /// Sends `body` (none when it is null) as `content_type` with `accept`.
 pub async fn send(
-    api: &EmbeddedApi,
+    client: &kube::Client,
     method: Method,
     path: &str,
     content_type: &str,
@@ -24,14 +24,14 @@ pub async fn send(
         .header("accept", accept)
         .body(kube::client::Body::from(bytes))
         .unwrap();
-    let response = api.client().send(request).await.unwrap();
+    let response = client.send(request).await.unwrap();
     let code = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (code, serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes))))
 }
 
 pub async fn call(api: &EmbeddedApi, method: Method, path: &str, body: &Value) -> (StatusCode, Value) {
-    send(api, method, path, "application/json", "application/json", body).await
+    send(&api.client(), method, path, "application/json", "application/json", body).await
 }
 
 pub async fn post(api: &EmbeddedApi, path: &str, body: &Value) -> (StatusCode, Value) {
@@ -43,13 +43,13 @@ pub async fn get(api: &EmbeddedApi, path: &str) -> (StatusCode, Value) {
 }
 
 pub async fn merge_patch(api: &EmbeddedApi, path: &str, patch: &Value) -> (StatusCode, Value) {
-    send(api, Method::PATCH, path, "application/merge-patch+json", "application/json", patch).await
+    send(&api.client(), Method::PATCH, path, "application/merge-patch+json", "application/json", patch).await
 }
 
 /// A Table of what `path` lists, as kubectl asks for it.
 pub async fn table(api: &EmbeddedApi, path: &str) -> Value {
     let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
-    let (code, table) = send(api, Method::GET, path, "application/json", accept, &Value::Null).await;
+    let (code, table) = send(&api.client(), Method::GET, path, "application/json", accept, &Value::Null).await;
     assert_eq!(code, StatusCode::OK, "{table}");
     table
 }

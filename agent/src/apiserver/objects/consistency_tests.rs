@@ -3,36 +3,16 @@
 //! being deleted takes no new finalizers, and a watch with a selector hears
 //! of an object leaving or entering it (as kube-apiserver's watch cache).
 
-use axum::http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::apiserver::embedded::EmbeddedApi;
+use crate::apiserver::test_requests::send;
 
 const VMIS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances";
 
 async fn call(api: &EmbeddedApi, method: Method, path: &str, content_type: &str, body: &Value) -> (StatusCode, Value) {
-    send(&api.client(), method, path, content_type, body).await
-}
-
-async fn send(
-    client: &kube::Client,
-    method: Method,
-    path: &str,
-    content_type: &str,
-    body: &Value,
-) -> (StatusCode, Value) {
-    let bytes = if body.is_null() { vec![] } else { serde_json::to_vec(body).unwrap() };
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", content_type)
-        .body(kube::client::Body::from(bytes))
-        .unwrap();
-    let response = client.send(request).await.unwrap();
-    let code = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (code, serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes))))
+    send(&api.client(), method, path, content_type, "application/json", body).await
 }
 
 async fn merge(api: &EmbeddedApi, name: &str, patch: Value) -> (StatusCode, Value) {
@@ -101,7 +81,8 @@ async fn a_delete_racing_writes_keeps_them() {
                 let (client, path) = (api.client(), format!("{VMIS}/{name}"));
                 let patch = json!({"metadata": {"labels": {format!("l{i}"): "x"}}});
                 tokio::spawn(async move {
-                    send(&client, Method::PATCH, &path, "application/merge-patch+json", &patch).await
+                    send(&client, Method::PATCH, &path, "application/merge-patch+json", "application/json", &patch)
+                        .await
                 })
             })
             .collect();

@@ -128,6 +128,20 @@ pub fn kubectl_of_minor(minor: u32) -> PathBuf {
     binary
 }
 
+/// Runs this test binary's ignored test `inner` again inside a new network
+/// namespace (`unshare --net`), where private addresses may exist, and
+/// fails unless it passed. Networking tests make their addresses there only.
+pub fn run_in_private_netns(inner: &str) {
+    let output = Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", inner, "--ignored", "--nocapture"])
+        .output()
+        .expect("run unshare");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && text.contains("1 passed"), "{text}");
+}
+
 /// True when this process can open /dev/kvm read-write.
 pub fn kvm_available() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()

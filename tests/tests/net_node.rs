@@ -23,14 +23,7 @@ const GATEWAY: &str = "10.88.0.1";
 
 #[test]
 fn vms_get_pod_ips_through_cni_behind_kubevirts_masquerade() {
-    let output = Command::new("unshare")
-        .args(["--net", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "inside_a_private_namespace", "--ignored", "--nocapture"])
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success() && text.contains("1 passed"), "{text}");
+    e2e::run_in_private_netns("inside_a_private_namespace");
     let host_bridge = Command::new("ip").args(["link", "show", "kvmlet0"]).output().unwrap();
     assert!(!host_bridge.status.success(), "kvmlet0 must not exist in the host's namespace");
 }

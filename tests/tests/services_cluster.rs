@@ -22,14 +22,7 @@ use serde_json::json;
 
 #[test]
 fn the_endpoint_slice_follows_a_vmi_from_node_to_node() {
-    let output = Command::new("unshare")
-        .args(["--net", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "inside_a_private_namespace", "--ignored", "--nocapture"])
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success() && text.contains("1 passed"), "{text}");
+    e2e::run_in_private_netns("inside_a_private_namespace");
 }
 
 struct Process(Child);

@@ -25,14 +25,7 @@ const PROBE_ARGS: &str = "probe.action=wait probe.net_tcp=22 probe.net_tcp_count
 
 #[test]
 fn services_reach_vms_through_kvmlets_endpoint_slices_and_proxy() {
-    let output = Command::new("unshare")
-        .args(["--net", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "inside_a_private_namespace", "--ignored", "--nocapture"])
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success() && text.contains("1 passed"), "{text}");
+    e2e::run_in_private_netns("inside_a_private_namespace");
     let host = Command::new("nft").args(["list", "table", "ip", "kvmlet-services"]).output().unwrap();
     assert!(!host.status.success(), "the service rules must not reach the host's namespace");
 }

@@ -1,8 +1,11 @@
 //! Frames between the guest's queues and the backend. The guest's chains are
 //! hostile: every length is bounded by `MAX_FRAME_LEN` or by what was checked
 //! to be guest RAM, nothing is allocated in proportion to what the guest
-//! claims, and a chain that breaks a rule costs the guest its frame (the
-//! buffer is returned, used length 0), never the VMM.
+//! claims, and a chain that breaks a rule costs the guest that chain (it is
+//! returned, used length 0) or the frame it was meant for, never the VMM.
+//! Received frames are read from the backend straight into the guest's
+//! buffers (`rx_chains`) when those held have room for the largest frame;
+//! else into the VMM and copied once there is room.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -11,6 +14,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use super::rx_chains::{Room, RxChains};
 use super::tap::{Backend, VNET_HDR_LEN};
 use crate::devices::virtio::Interrupt;
 use crate::dhcp::{DhcpResponder, ETHERNET_HEADER_LEN};
@@ -34,16 +38,6 @@ const ZERO_COPY_TX_LEN: usize = 4096;
 #[error("virtio-net: {0}")]
 pub struct QueueBroken(pub &'static str);
 
-/// What happened to one frame offered to the receive queue.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Delivery {
-    Delivered,
-    /// Not enough buffers yet; nothing was consumed.
-    NoBuffers,
-    /// The guest's buffers broke a rule; they were returned unused.
-    Dropped,
-}
-
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct NetCounters {
     pub tx_frames: u64,
@@ -62,10 +56,16 @@ pub struct Datapath {
     interrupt: Arc<Interrupt>,
     backend: Arc<Backend>,
     dhcp: Option<Arc<DhcpResponder>>,
-    mergeable_rx: bool,
-    /// One frame read from the backend, waiting for receive buffers.
+    mergeable: bool,
+    /// Receive chains taken off the ring, not yet used.
+    rx_chains: RxChains,
+    /// A frame read from the backend into the VMM, waiting for receive
+    /// buffers (`rx_pending` bytes); else where a frame too long for a
+    /// chain without MRG_RXBUF ends.
     rx_frame: Vec<u8>,
     rx_pending: Option<usize>,
+    /// No receive buffers: the backend is not read until the guest adds some.
+    starved: bool,
     injected: VecDeque<Vec<u8>>,
     tx_frame: Vec<u8>,
     /// The current transmit chain's buffers (kept for their capacity).
@@ -85,7 +85,7 @@ impl Datapath {
         interrupt: Arc<Interrupt>,
         backend: Arc<Backend>,
         dhcp: Option<Arc<DhcpResponder>>,
-        mergeable_rx: bool,
+        mergeable: bool,
     ) -> Self {
         Datapath {
             memory,
@@ -94,9 +94,11 @@ impl Datapath {
             interrupt,
             backend,
             dhcp,
-            mergeable_rx,
+            mergeable,
+            rx_chains: RxChains::new(mergeable),
             rx_frame: vec![0; MAX_FRAME_LEN],
             rx_pending: None,
+            starved: false,
             injected: VecDeque::new(),
             tx_frame: vec![0; MAX_FRAME_LEN],
             tx_segments: Vec::new(),
@@ -109,9 +111,9 @@ impl Datapath {
     }
 
     /// Whether the backend should be polled for input: not while a frame
-    /// already waits for buffers.
+    /// already waits for buffers, nor while there are none.
     pub fn wants_backend_input(&self) -> bool {
-        self.rx_pending.is_none() && self.injected.is_empty()
+        self.rx_pending.is_none() && self.injected.is_empty() && !self.starved
     }
 
     /// Sends the frames the guest queued (DHCP requests go to the responder),
@@ -234,6 +236,7 @@ impl Datapath {
     /// Fills receive buffers: DHCP replies first, then the backend's frames,
     /// until either runs out.
     pub fn process_rx(&mut self) -> Result<(), QueueBroken> {
+        self.starved = false;
         let mut used_any = false;
         let result = self.fill_rx(&mut used_any);
         if used_any && self.rx.needs_notification(&self.memory).unwrap_or(true) {
@@ -242,48 +245,96 @@ impl Datapath {
         result
     }
 
-    fn fill_rx(&mut self, used_any: &mut bool) -> Result<(), QueueBroken> {
-        while let Some(mut frame) = self.injected.pop_front() {
-            match deliver(&self.memory, &mut self.rx, self.mergeable_rx, &mut frame)? {
-                Delivery::NoBuffers => {
-                    self.injected.push_front(frame);
-                    return self.wait_for_rx_buffers();
-                }
-                Delivery::Delivered => self.counters.rx_frames += 1,
-                Delivery::Dropped => self.counters.rx_dropped += 1,
-            }
+    /// Takes receive chains for a frame of `len` bytes; counts the ones
+    /// refused as dropped frames (each costs the guest what it would have held).
+    fn take_rx_chains(&mut self, len: usize, used_any: &mut bool) -> Result<Room, QueueBroken> {
+        let refused = self.rx_chains.take(&self.memory, &mut self.rx, len)?;
+        if refused > 0 {
+            tracing::debug!(refused, "virtio-net: malformed receive chains returned unused");
+            self.counters.rx_dropped += refused;
             *used_any = true;
         }
+        Ok(self.rx_chains.room_for(len))
+    }
+
+    /// Copies a frame held by the VMM (a DHCP reply, or a frame read before
+    /// there were buffers enough for the largest) into receive chains.
+    /// Returns false when it has to wait for the guest's buffers.
+    fn copy_to_guest(&mut self, frame: &mut [u8], used_any: &mut bool) -> Result<bool, QueueBroken> {
+        match self.take_rx_chains(frame.len(), used_any)? {
+            Room::Wait => return Ok(false),
+            Room::Never => {
+                if !self.mergeable {
+                    self.rx_chains.refuse_first(&self.memory, &mut self.rx)?;
+                }
+                self.counters.rx_dropped += 1;
+            }
+            Room::Fits => {
+                self.rx_chains.copy_in(&self.memory, &mut self.rx, frame)?;
+                self.counters.rx_frames += 1;
+                self.counters.rx_bytes += frame.len() as u64;
+            }
+        }
+        *used_any = true;
+        Ok(true)
+    }
+
+    fn fill_rx(&mut self, used_any: &mut bool) -> Result<(), QueueBroken> {
+        while let Some(mut frame) = self.injected.pop_front() {
+            if !self.copy_to_guest(&mut frame, used_any)? {
+                self.injected.push_front(frame);
+                return self.wait_for_rx_buffers();
+            }
+        }
         for _ in 0..MAX_FRAMES_PER_PASS {
-            let len = match self.rx_pending.take() {
-                Some(len) => len,
-                None => match self.backend.file().read(&mut self.rx_frame) {
-                    Ok(len) if len >= MIN_TX_LEN => len,
-                    Ok(0) => return Ok(()),
-                    Ok(_) => {
-                        self.counters.rx_dropped += 1;
-                        continue;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "virtio-net: reading the backend failed");
-                        return Ok(());
-                    }
-                },
-            };
-            match deliver(&self.memory, &mut self.rx, self.mergeable_rx, &mut self.rx_frame[..len])? {
-                Delivery::NoBuffers => {
-                    self.rx_pending = Some(len);
+            if let Some(len) = self.rx_pending {
+                let mut frame = std::mem::take(&mut self.rx_frame);
+                let delivered = self.copy_to_guest(&mut frame[..len], used_any);
+                self.rx_frame = frame;
+                if !delivered? {
                     return self.wait_for_rx_buffers();
                 }
-                Delivery::Delivered => {
-                    self.counters.rx_frames += 1;
-                    self.counters.rx_bytes += len as u64;
-                }
-                Delivery::Dropped => self.counters.rx_dropped += 1,
+                self.rx_pending = None;
+                continue;
             }
-            *used_any = true;
+            let room = self.take_rx_chains(MAX_FRAME_LEN, used_any)?;
+            if self.rx_chains.is_empty() {
+                // The frame stays in the backend until the guest adds buffers.
+                self.starved = true;
+                return self.wait_for_rx_buffers();
+            }
+            let read = if self.mergeable && room != Room::Fits {
+                // Held chains might be too few for the next frame: read it into
+                // the VMM and copy it once they are enough.
+                self.backend.file().read(&mut self.rx_frame).map(|len| (len, true))
+            } else {
+                self.rx_chains.read_from(&self.memory, self.backend.file(), &mut self.rx_frame).map(|len| (len, false))
+            };
+            let (len, in_vmm) = match read {
+                Ok((0, _)) => return Ok(()),
+                Ok(read) => read,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "virtio-net: reading the backend failed");
+                    return Ok(());
+                }
+            };
+            if len < MIN_TX_LEN {
+                self.counters.rx_dropped += 1;
+            } else if in_vmm {
+                self.rx_pending = Some(len);
+            } else if self.rx_chains.room_for(len) != Room::Fits {
+                // Without MRG_RXBUF, longer than the chain: the rest went to rx_frame.
+                self.rx_chains.refuse_first(&self.memory, &mut self.rx)?;
+                self.counters.rx_dropped += 1;
+                *used_any = true;
+            } else {
+                self.rx_chains.fill(&self.memory, &mut self.rx, len)?;
+                self.counters.rx_frames += 1;
+                self.counters.rx_bytes += len as u64;
+                *used_any = true;
+            }
         }
         Ok(())
     }
@@ -293,77 +344,4 @@ impl Datapath {
         self.rx.enable_notification(&self.memory).map_err(|_| QueueBroken("receive ring unusable"))?;
         Ok(())
     }
-}
-
-/// Puts one frame (its 12-byte header first) in the receive queue: one chain,
-/// or with MRG_RXBUF as many as it takes, `num_buffers` telling how many.
-pub fn deliver(
-    memory: &GuestMemoryMmap,
-    rx: &mut Queue,
-    mergeable: bool,
-    frame: &mut [u8],
-) -> Result<Delivery, QueueBroken> {
-    struct Chain {
-        head: u16,
-        segments: Vec<(GuestAddress, u32)>,
-    }
-    let mut chains: Vec<Chain> = Vec::new();
-    let mut capacity = 0u64;
-    let mut broken = false;
-    while capacity < frame.len() as u64 {
-        if !mergeable && !chains.is_empty() {
-            broken = true; // one chain must hold the frame
-            break;
-        }
-        let next = rx.iter(memory).map_err(|_| QueueBroken("receive ring corrupt"))?.next();
-        let Some(chain) = next else {
-            for _ in &chains {
-                rx.go_to_previous_position();
-            }
-            return Ok(Delivery::NoBuffers);
-        };
-        let mut this = Chain { head: chain.head_index(), segments: Vec::new() };
-        for desc in chain {
-            if !desc.is_write_only() || !in_ram(memory, desc.addr(), desc.len()) {
-                broken = true;
-                break;
-            }
-            if desc.len() > 0 {
-                this.segments.push((desc.addr(), desc.len()));
-                capacity += u64::from(desc.len());
-            }
-        }
-        let first_too_short = chains.is_empty() && capacity < VNET_HDR_LEN as u64;
-        chains.push(this);
-        if broken || first_too_short {
-            broken = true;
-            break;
-        }
-    }
-    if broken {
-        for chain in &chains {
-            rx.add_used(memory, chain.head, 0).map_err(|_| QueueBroken("receive used ring unusable"))?;
-        }
-        return Ok(Delivery::Dropped);
-    }
-    // num_buffers, the last field of virtio_net_hdr_v1.
-    frame[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
-    let mut offset = 0usize;
-    for chain in &chains {
-        let start = offset;
-        for &(addr, len) in &chain.segments {
-            let n = (len as usize).min(frame.len() - offset);
-            if n == 0 {
-                break;
-            }
-            // The range was checked to be guest RAM above; a failure here is a bug, not the guest's.
-            if let Err(e) = memory.write_slice(&frame[offset..offset + n], addr) {
-                tracing::warn!(error = %e, "virtio-net: writing a receive buffer failed");
-            }
-            offset += n;
-        }
-        rx.add_used(memory, chain.head, (offset - start) as u32)
-            .map_err(|_| QueueBroken("receive used ring unusable"))?;
-    }
-    Ok(Delivery::Delivered)
 }

@@ -4,6 +4,7 @@
 //! carries a lease.
 
 pub mod datapath;
+mod rx_chains;
 pub mod tap;
 
 use std::os::unix::io::AsRawFd;
@@ -22,7 +23,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-pub use datapath::{deliver, Datapath, Delivery, NetCounters, QueueBroken, MAX_FRAME_LEN, MIN_TX_LEN};
+pub use datapath::{Datapath, NetCounters, QueueBroken, MAX_FRAME_LEN, MIN_TX_LEN};
 pub use tap::{Backend, TapError, VNET_HDR_LEN};
 
 use super::{ActivateError, ActiveQueue, Interrupt, VirtioDevice};

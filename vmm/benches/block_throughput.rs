@@ -16,6 +16,7 @@ use vmm::devices::irq::IrqLine;
 use vmm::devices::virtio::block::{process_queue, Disk, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 use vmm::devices::virtio::guest_queue::GuestQueue;
 use vmm::devices::virtio::{ActiveQueue, Interrupt};
+use vmm::image::DiskImage;
 use vmm_sys_util::eventfd::EventFd;
 
 const DISK_BYTES: u64 = 256 << 20;
@@ -51,7 +52,7 @@ fn rig(file: &File) -> Rig {
     queue.set_used_ring_address(Some(driver.used_ring as u32), Some(0));
     queue.set_ready(true);
     let disk = Disk {
-        file: file.try_clone().unwrap(),
+        image: DiskImage::Raw(file.try_clone().unwrap()),
         readonly: false,
         capacity_sectors: DISK_BYTES / SECTOR_SIZE,
         id: [0; ID_BYTES],

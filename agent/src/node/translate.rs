@@ -99,7 +99,9 @@ impl VmPlan {
             ConfigError::TooManyVirtioDevices { .. } | ConfigError::Net(_) => {
                 "spec.domain.devices.interfaces".to_string()
             }
-            ConfigError::DiskUnreadable { index, .. } | ConfigError::DiskSerial { index, .. } => {
+            ConfigError::DiskUnreadable { index, .. }
+            | ConfigError::DiskImage { index, .. }
+            | ConfigError::DiskSerial { index, .. } => {
                 self.disk_fields.get(*index).cloned().unwrap_or_else(|| "spec.domain.devices.disks".into())
             }
         };
@@ -168,7 +170,7 @@ pub fn translate(
             Some(_) => Some(disk.serial.clone().unwrap_or_else(|| cloud_init::SEED_SERIAL.to_string())),
             None => disk.serial.clone(),
         };
-        config.disks.push(DiskConfig { path, readonly, serial });
+        config.disks.push(DiskConfig { path, readonly, serial, backing: Vec::new() });
         disk_fields.push(volume_field);
     }
     let interface = nic(vmi, node.pod_network.as_ref())?;

@@ -83,7 +83,7 @@ async fn volumes_reach_the_guest_in_order() {
     assert!(console.contains("probe: cidata disk=3"), "{console}");
     assert!(console.contains("echo user data from a secret"), "{console}");
     assert!(console.contains("probe: marker disk=0 sector=8 write=ok flush=ok readback=marker"), "{console}");
-    // The guest wrote to its own copy of the container disk, not the image.
+    // The guest wrote to its own overlay over the container disk, not the image.
     assert!(std::fs::read(&image_file).unwrap().iter().all(|b| *b == 0), "the node's image is untouched");
     assert_eq!(std::fs::metadata(&host_disk).unwrap().len(), 3 << 20, "DiskOrCreate made the host disk");
     assert_eq!(std::fs::metadata(&host_disk).unwrap().permissions().mode() & 0o777, 0o600, "born private");
@@ -94,7 +94,7 @@ async fn volumes_reach_the_guest_in_order() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files, ["cidata.iso", "disk-0.img", "disk-1.img"]);
+    assert_eq!(files, ["cidata.iso", "disk-0.qcow2", "disk-1.img"], "the container disk's overlay, not a copy");
 
     vmis.delete("volumes", &DeleteParams::default()).await.unwrap();
     wait_gone(&vmis, &server, "volumes").await;

@@ -1,21 +1,27 @@
 //! virtio-blk device throughput without a guest: requests are placed in a
 //! split queue in guest memory, as a driver would, and served by the same
-//! queue processing the device's worker runs; the same I/O is then done
-//! directly on the file with pread/pwrite. One table, side by side.
+//! queue processing the device's worker runs, on a raw file, on a qcow2
+//! image with every cluster allocated, and on a fresh qcow2 overlay over the
+//! raw file (its first write to each 64 KiB cluster copies the rest of the
+//! cluster up from the base); the same I/O is then done directly on the raw
+//! file with pread/pwrite. One table, side by side.
 //!
 //! `cargo bench -p kvmlet-vmm --bench block_throughput`
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imago::FormatCreateBuilder;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::devices::irq::IrqLine;
 use vmm::devices::virtio::block::{process_queue, Disk, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 use vmm::devices::virtio::guest_queue::GuestQueue;
 use vmm::devices::virtio::{ActiveQueue, Interrupt};
+use vmm::image::{DiskImage, ImageFiles};
 use vmm_sys_util::eventfd::EventFd;
 
 const DISK_BYTES: u64 = 256 << 20;
@@ -42,7 +48,7 @@ struct Rig {
     disk: Disk,
 }
 
-fn rig(file: &File) -> Rig {
+fn rig(image: DiskImage) -> Rig {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY)]).unwrap();
     let driver = GuestQueue::new(QUEUE_BASE, QUEUE_SIZE);
     let mut queue = Queue::new(QUEUE_SIZE).unwrap();
@@ -50,12 +56,7 @@ fn rig(file: &File) -> Rig {
     queue.set_avail_ring_address(Some(driver.avail_ring as u32), Some(0));
     queue.set_used_ring_address(Some(driver.used_ring as u32), Some(0));
     queue.set_ready(true);
-    let disk = Disk {
-        file: file.try_clone().unwrap(),
-        readonly: false,
-        capacity_sectors: DISK_BYTES / SECTOR_SIZE,
-        id: [0; ID_BYTES],
-    };
+    let disk = Disk { image, readonly: false, capacity_sectors: DISK_BYTES / SECTOR_SIZE, id: [0; ID_BYTES] };
     let active = ActiveQueue { queue, notify: Arc::new(EventFd::new(0).unwrap()) };
     Rig { mem, driver, active, interrupt: Interrupt::new(IrqLine::new().unwrap()), disk }
 }
@@ -114,11 +115,35 @@ fn direct(file: &File, workload: Workload, offsets: &[u64]) -> Duration {
     start.elapsed()
 }
 
+/// A qcow2 image of `DISK_BYTES` with every cluster written (allocated).
+fn allocated_qcow2(path: &Path) -> DiskImage {
+    let storage = imago::file::File::try_from(File::create_new(path).unwrap()).unwrap();
+    imago::qcow2::Qcow2::<imago::file::File>::create_builder(storage).size(DISK_BYTES).create().unwrap();
+    let image = ImageFiles::open(path, false, &[]).unwrap().into_image(true).unwrap();
+    let DiskImage::Qcow2(qcow2) = &image else { unreachable!("a qcow2 file") };
+    let mut chunk = vec![0x11u8; 1 << 20];
+    for offset in (0..DISK_BYTES).step_by(chunk.len()) {
+        qcow2.write(&[vm_memory::VolatileSlice::from(&mut chunk[..])], offset).unwrap();
+    }
+    qcow2.flush().unwrap();
+    image
+}
+
+/// A new qcow2 overlay over the raw file at `base`.
+fn overlay(path: &Path, base: &Path) -> DiskImage {
+    vmm::image::create_overlay(File::create_new(path).unwrap(), base).unwrap();
+    ImageFiles::open(path, false, &[base.to_path_buf()]).unwrap().into_image(true).unwrap()
+}
+
 fn main() {
-    let file = tempfile::tempfile().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let raw_path = dir.path().join("disk.raw");
+    let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&raw_path).unwrap();
     file.write_all_at(&vec![0x11u8; DISK_BYTES as usize], 0).unwrap();
     file.sync_all().unwrap();
-    let mut rig = rig(&file);
+    let mut raw = rig(DiskImage::Raw(file.try_clone().unwrap()));
+    let mut qcow2 = rig(allocated_qcow2(&dir.path().join("allocated.qcow2")));
+    let mut overlay = rig(overlay(&dir.path().join("overlay.qcow2"), &raw_path));
     let workloads = [
         Workload { name: "4 KiB random read", block: 4096, write: false, random: true, requests: 50_000 },
         Workload { name: "4 KiB random write", block: 4096, write: true, random: true, requests: 50_000 },
@@ -126,32 +151,39 @@ fn main() {
         Workload { name: "1 MiB sequential write", block: 1 << 20, write: true, random: false, requests: 1024 },
     ];
     println!(
-        "\nvirtio-blk device model vs direct file I/O (page cache, {} MiB file, {IN_FLIGHT} requests in flight)",
+        "\nvirtio-blk device model, raw and qcow2, vs direct file I/O (page cache, {} MiB disk, {IN_FLIGHT} requests in flight; MiB/s)",
         DISK_BYTES >> 20
     );
     println!(
-        "{:<26}{:>14}{:>14}{:>14}{:>14}{:>10}",
-        "workload", "device MiB/s", "device req/s", "direct MiB/s", "direct req/s", "ratio"
+        "{:<24}{:>9}{:>9}{:>12}{:>9}{:>14}{:>9}{:>12}{:>12}",
+        "workload", "raw", "qcow2", "qcow2/raw", "overlay", "overlay/raw", "direct", "raw/direct", "raw req/s"
     );
     for workload in workloads {
         let offsets = offsets(workload);
-        // Warm up both paths once, then measure.
-        through_device(&mut rig, workload, &offsets[..offsets.len() / 10]);
-        direct(&file, workload, &offsets[..offsets.len() / 10]);
-        let device = through_device(&mut rig, workload, &offsets);
-        let plain = direct(&file, workload, &offsets);
         let mib = (workload.requests * workload.block) as f64 / f64::from(1 << 20);
-        let rate = |d: Duration| (mib / d.as_secs_f64(), workload.requests as f64 / d.as_secs_f64());
-        let (device_mib, device_iops) = rate(device);
-        let (direct_mib, direct_iops) = rate(plain);
+        let rate = |d: Duration| mib / d.as_secs_f64();
+        // Warm up every path once, then measure; the overlay has no warm-up,
+        // so that its first writes still allocate.
+        through_device(&mut raw, workload, &offsets[..offsets.len() / 10]);
+        through_device(&mut qcow2, workload, &offsets[..offsets.len() / 10]);
+        direct(&file, workload, &offsets[..offsets.len() / 10]);
+        let raw_time = through_device(&mut raw, workload, &offsets);
+        let qcow2_time = through_device(&mut qcow2, workload, &offsets);
+        let overlay_time = through_device(&mut overlay, workload, &offsets);
+        let direct_time = direct(&file, workload, &offsets);
+        let (raw_mib, qcow2_mib, overlay_mib) = (rate(raw_time), rate(qcow2_time), rate(overlay_time));
+        let direct_mib = rate(direct_time);
         println!(
-            "{:<26}{:>14.0}{:>14.0}{:>14.0}{:>14.0}{:>9.0}%",
+            "{:<24}{:>9.0}{:>9.0}{:>11.0}%{:>9.0}{:>13.0}%{:>9.0}{:>11.0}%{:>12.0}",
             workload.name,
-            device_mib,
-            device_iops,
+            raw_mib,
+            qcow2_mib,
+            100.0 * qcow2_mib / raw_mib,
+            overlay_mib,
+            100.0 * overlay_mib / raw_mib,
             direct_mib,
-            direct_iops,
-            100.0 * device_mib / direct_mib
+            100.0 * raw_mib / direct_mib,
+            workload.requests as f64 / raw_time.as_secs_f64()
         );
     }
 }

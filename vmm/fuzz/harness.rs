@@ -18,6 +18,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::devices::irq::IrqLine;
 use vmm::devices::virtio::block::{process_queue, Disk, ID_BYTES, SECTOR_SIZE};
 use vmm::devices::virtio::{ActiveQueue, Interrupt};
+use vmm::image::DiskImage;
 use vmm_sys_util::eventfd::EventFd;
 
 const MEMORY: usize = 1 << 20;
@@ -73,7 +74,7 @@ pub fn run(data: &[u8]) -> Outcome {
     let file = disk_file();
     file.set_len(DISK_BYTES).unwrap();
     let disk = Disk {
-        file: file.try_clone().unwrap(),
+        image: DiskImage::Raw(file.try_clone().unwrap()),
         readonly: data.len() % 2 == 1,
         capacity_sectors: DISK_BYTES / SECTOR_SIZE,
         id: [7; ID_BYTES],

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::arch::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS, MAX_VIRTIO_DEVICES};
+use crate::image::{ImageError, ImageFiles};
 use crate::net_config::{NetConfig, NetConfigError};
 
 /// SMBIOS strings are at most 64 characters in practice (dmidecode, firmware UIs).
@@ -64,7 +65,8 @@ pub struct ConsoleConfig {
     pub stdout: bool,
 }
 
-/// A raw disk image attached as virtio-blk.
+/// A disk image attached as virtio-blk: raw or qcow2, told by its first
+/// bytes (`crate::image`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiskConfig {
@@ -74,6 +76,11 @@ pub struct DiskConfig {
     /// Returned by virtio-blk GET_ID; at most 20 bytes.
     #[serde(default)]
     pub serial: Option<String>,
+    /// The qcow2 image's backing chain, nearest first, opened read-only:
+    /// each qcow2 layer that names a backing file in its header gets the
+    /// next one here, and no other (a name in a header is never opened).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backing: Vec<PathBuf>,
 }
 
 /// A field of `VmConfig` that cannot be used, named as the user wrote it.
@@ -101,6 +108,8 @@ pub enum ConfigError {
     TooManyDisks { count: usize },
     #[error("disks[{index}].path: {path}")]
     DiskUnreadable { index: usize, path: PathBuf, source: io::Error },
+    #[error("disks[{index}]: {path}")]
+    DiskImage { index: usize, path: PathBuf, source: ImageError },
     #[error("disks[{index}].serial: {reason}")]
     DiskSerial { index: usize, reason: String },
     #[error("nets: {disks} disks and {nets} NICs given, at most {MAX_VIRTIO_DEVICES} virtio devices are supported")]
@@ -233,32 +242,46 @@ impl VmConfig {
 }
 
 impl DiskConfig {
-    /// Checks that the image exists, is a file, and allows the access the
-    /// config asks for, without opening it: the VM opens it once, in `open`.
+    /// A disk on `path`, writable, without serial or backing files.
+    pub fn new(path: impl Into<PathBuf>) -> DiskConfig {
+        DiskConfig { path: path.into(), readonly: false, serial: None, backing: Vec::new() }
+    }
+
+    /// Checks that the image and its backing files exist, are files, and
+    /// allow the access the config asks for (backing files are only read),
+    /// without opening them: the VM opens them once, in `open`.
     pub fn check_access(&self, index: usize) -> Result<(), ConfigError> {
-        let fail = |source| ConfigError::DiskUnreadable { index, path: self.path.clone(), source };
-        if std::fs::metadata(&self.path).map_err(fail)?.is_dir() {
-            return Err(fail(io::Error::from_raw_os_error(libc::EISDIR)));
-        }
-        let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes())
-            .map_err(|_| fail(io::Error::from_raw_os_error(libc::EINVAL)))?;
-        let mode = if self.readonly { libc::R_OK } else { libc::R_OK | libc::W_OK };
-        // SAFETY: `path` is a valid NUL-terminated string; access() only reads it.
-        if unsafe { libc::access(path.as_ptr(), mode) } != 0 {
-            return Err(fail(io::Error::last_os_error()));
+        check_file_access(index, &self.path, self.readonly)?;
+        for backing in &self.backing {
+            check_file_access(index, backing, true)?;
         }
         Ok(())
     }
 
-    /// Opens the image with the access the config asks for.
-    pub fn open(&self, index: usize) -> Result<File, ConfigError> {
-        let unreadable = |source| ConfigError::DiskUnreadable { index, path: self.path.clone(), source };
-        let file = std::fs::OpenOptions::new().read(true).write(!self.readonly).open(&self.path).map_err(unreadable)?;
-        if file.metadata().map_err(unreadable)?.is_dir() {
-            return Err(unreadable(io::Error::from_raw_os_error(libc::EISDIR)));
-        }
-        Ok(file)
+    /// Opens the image and its backing files with the access the config
+    /// asks for, and checks that they make one image (`ImageFiles::open`).
+    pub fn open(&self, index: usize) -> Result<ImageFiles, ConfigError> {
+        ImageFiles::open(&self.path, self.readonly, &self.backing).map_err(|source| ConfigError::DiskImage {
+            index,
+            path: self.path.clone(),
+            source,
+        })
     }
+}
+
+fn check_file_access(index: usize, path: &std::path::Path, readonly: bool) -> Result<(), ConfigError> {
+    let fail = |source| ConfigError::DiskUnreadable { index, path: path.to_path_buf(), source };
+    if std::fs::metadata(path).map_err(fail)?.is_dir() {
+        return Err(fail(io::Error::from_raw_os_error(libc::EISDIR)));
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| fail(io::Error::from_raw_os_error(libc::EINVAL)))?;
+    let mode = if readonly { libc::R_OK } else { libc::R_OK | libc::W_OK };
+    // SAFETY: `c_path` is a valid NUL-terminated string; access() only reads it.
+    if unsafe { libc::access(c_path.as_ptr(), mode) } != 0 {
+        return Err(fail(io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn validate_cmdline(cmdline: &str) -> Result<(), ConfigError> {
@@ -352,7 +375,7 @@ mod tests {
         assert!(err(&VmConfig { cmdline: "a\nb".into(), ..base.clone() }).starts_with("cmdline:"));
         assert!(err(&VmConfig { serial: Some(String::new()), ..base.clone() }).starts_with("serial:"));
         assert!(err(&VmConfig { serial: Some("x".repeat(65)), ..base.clone() }).starts_with("serial:"));
-        let disk = |path: &str| DiskConfig { path: path.into(), readonly: false, serial: None };
+        let disk = |path: &str| DiskConfig::new(path);
         assert!(err(&VmConfig { disks: vec![disk("/nonexistent/disk.img")], ..base.clone() })
             .starts_with("disks[0].path: /nonexistent/disk.img"));
         assert!(err(&VmConfig { disks: vec![disk(kernel.path().to_str().unwrap()); 19], ..base.clone() })

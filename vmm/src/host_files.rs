@@ -13,15 +13,17 @@ use kvm_ioctls::Kvm;
 use crate::config::{KernelFormat, VmConfig};
 use crate::devices::virtio::net::Backend;
 use crate::error::Error;
+use crate::image::ImageFiles;
 
 /// The open host side of one `VmConfig`: `/dev/kvm`, the kernel and initrd,
-/// each disk image in config order, each NIC's tap, the console file.
+/// each disk image (with its backing files) in config order, each NIC's
+/// tap, the console file.
 pub struct HostFiles {
     pub(crate) kvm: Arc<Kvm>,
     pub(crate) kernel: File,
     pub(crate) kernel_format: KernelFormat,
     pub(crate) initrd: Option<File>,
-    pub(crate) disks: Vec<File>,
+    pub(crate) disks: Vec<ImageFiles>,
     pub(crate) taps: Vec<Backend>,
     pub(crate) console: Option<File>,
 }
@@ -54,7 +56,7 @@ impl HostFiles {
             kernel: self.kernel.try_clone()?,
             kernel_format: self.kernel_format,
             initrd: self.initrd.as_ref().map(File::try_clone).transpose()?,
-            disks: self.disks.iter().map(File::try_clone).collect::<io::Result<_>>()?,
+            disks: self.disks.iter().map(ImageFiles::try_clone).collect::<io::Result<_>>()?,
             taps: self.taps.iter().map(Backend::try_clone).collect::<io::Result<_>>()?,
             console: self.console.as_ref().map(File::try_clone).transpose()?,
         })

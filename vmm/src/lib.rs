@@ -17,6 +17,7 @@ mod error;
 mod exit;
 pub mod firmware;
 mod host_files;
+pub mod image;
 pub mod jail;
 pub mod malloc;
 pub mod net_config;

@@ -32,6 +32,7 @@ use crate::error::Error;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::firmware;
 use crate::host_files::HostFiles;
+use crate::image::ImageFiles;
 use crate::vcpu::{install_kick_handler, kick_signal, Vcpu};
 
 /// How long `wait` keeps kicking vCPUs that do not leave KVM_RUN.
@@ -320,9 +321,11 @@ fn guest_memory(vm_fd: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
     Ok(memory)
 }
 
-/// virtio-blk for `disks[index]`, on its opened image.
-fn block_device(index: usize, file: std::fs::File, disk: &DiskConfig) -> Result<Block, Error> {
-    Block::new(file, disk.readonly, disk.serial.as_deref()).map_err(|e| Error::Device(format!("disks[{index}]: {e}")))
+/// virtio-blk for `disks[index]`, on its opened image files.
+fn block_device(index: usize, files: ImageFiles, disk: &DiskConfig) -> Result<Block, Error> {
+    let fail = |e: &dyn std::error::Error| Error::Device(format!("disks[{index}]: {}", error_chain(e)));
+    let image = files.into_image(!disk.readonly).map_err(|e| fail(&e))?;
+    Block::new(image, disk.readonly, disk.serial.as_deref()).map_err(|e| fail(&e))
 }
 
 /// An error and its sources, for a message that must stand alone.

@@ -18,7 +18,7 @@ const SECTOR: usize = SECTOR_SIZE as usize;
 const SEED_USER_DATA_BASE64: &str = "IyEvYmluL3NoCgplY2hvICdwcmludGVkIGZyb20gY2xvdWQtaW5pdCB1c2VyZGF0YScK";
 
 fn disk(path: &Path, readonly: bool, serial: &str) -> DiskConfig {
-    DiskConfig { path: path.to_path_buf(), readonly, serial: Some(serial.into()) }
+    DiskConfig { readonly, serial: Some(serial.into()), ..DiskConfig::new(path) }
 }
 
 fn image(dir: &Path, name: &str, sectors: u64) -> PathBuf {
@@ -117,7 +117,7 @@ fn disks_appear_in_declared_order_with_sizes_and_serials() {
 #[test]
 fn missing_or_unreadable_disk_is_a_config_error_naming_the_path() {
     let vm = VmConfig {
-        disks: vec![DiskConfig { path: "/nonexistent/disk.raw".into(), readonly: true, serial: None }],
+        disks: vec![DiskConfig { readonly: true, ..DiskConfig::new("/nonexistent/disk.raw") }],
         ..config(probe().0, "poweroff")
     };
     let error = vmm::Vm::new(vm).err().expect("a missing disk is refused").to_string();

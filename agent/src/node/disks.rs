@@ -4,7 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::translate::DiskFile;
@@ -23,15 +23,16 @@ pub fn make(files: &[DiskFile]) -> io::Result<()> {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             },
-            DiskFile::Copy { from, to } => {
-                create_parent(to)?;
-                // The target is made first (0600, never through a link), then
-                // filled: std::fs::copy uses copy_file_range, a reflink where
-                // the filesystem has them, else an in-kernel copy.
-                drop(create_new(to, true)?);
-                std::fs::copy(from, to).map_err(|e| named(from, e))?;
-                // copy() gives the target the source's mode bits.
-                std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o600)).map_err(|e| named(to, e))?;
+            DiskFile::Overlay { base, path } => {
+                create_parent(path)?;
+                // Made here (0600, never through a link, owned by the node:
+                // the VM process opens it before it drops to its own uid),
+                // then formatted as qcow2 over the base: a few KiB, whatever
+                // the base's size; nothing of the base is copied.
+                let file = create_new(path, true)?;
+                let size = vmm::image::create_overlay(file, base)
+                    .map_err(|e| named(base, io::Error::other(crate::errors::with_causes(&e))))?;
+                tracing::debug!(overlay = %path.display(), base = %base.display(), size, "qcow2 overlay created");
             }
             DiskFile::Seed { path, seed } => {
                 create_parent(path)?;
@@ -46,7 +47,7 @@ pub fn make(files: &[DiskFile]) -> io::Result<()> {
 /// left by an earlier attempt (the VM's own state directory) is truncated.
 fn create_new(path: &Path, replace: bool) -> io::Result<std::fs::File> {
     let mut options = OpenOptions::new();
-    options.write(true).mode(0o600).custom_flags(nix::libc::O_NOFOLLOW);
+    options.read(true).write(true).mode(0o600).custom_flags(nix::libc::O_NOFOLLOW);
     if replace {
         options.create(true).truncate(true);
     } else {
@@ -68,7 +69,7 @@ fn named(path: &Path, e: io::Error) -> io::Error {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
     use super::*;
 
@@ -79,21 +80,25 @@ mod tests {
         let host = dir.path().join("host.img");
         std::fs::write(&host, b"keep me").unwrap();
         let source = dir.path().join("image.raw");
-        std::fs::write(&source, b"image").unwrap();
+        std::fs::write(&source, vec![0x5a; 8192]).unwrap();
         let created = dir.path().join("created.img");
         make(&[
             DiskFile::Sparse { path: disks.join("disk-0.img"), bytes: 4096 },
-            DiskFile::Copy { from: source, to: disks.join("disk-1.img") },
+            DiskFile::Overlay { base: source.clone(), path: disks.join("disk-1.qcow2") },
             DiskFile::HostDisk { path: host.clone(), bytes: 4096 },
             DiskFile::HostDisk { path: created.clone(), bytes: 1024 },
         ])
         .unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(std::fs::metadata(disks.join("disk-0.img")).unwrap().len(), 4096);
-        assert_eq!(std::fs::read(disks.join("disk-1.img")).unwrap(), b"image");
+        let overlay = std::fs::read(disks.join("disk-1.qcow2")).unwrap();
+        assert_eq!(overlay[..4], vmm::image::QCOW2_MAGIC, "the overlay is a qcow2 image");
+        assert!(overlay.len() < 1 << 20, "nothing of the base was copied: {} bytes", overlay.len());
+        let name = source.to_str().unwrap().as_bytes();
+        assert!(overlay.windows(name.len()).any(|w| w == name), "the overlay names its base");
         assert_eq!(std::fs::read(&host).unwrap(), b"keep me", "an existing host disk is kept");
         assert_eq!(std::fs::metadata(&created).unwrap().len(), 1024);
-        for p in [disks.join("disk-0.img"), disks.join("disk-1.img"), created] {
+        for p in [disks.join("disk-0.img"), disks.join("disk-1.qcow2"), created] {
             assert_eq!(mode(&p), 0o600, "{}", p.display());
         }
     }

@@ -2,11 +2,12 @@
 //!
 //! Pure but for reading the node's image directory and host disk roots:
 //! files are not made here. The result says which disk files to make (seed,
-//! empty disks, copies of container disks) and `node::disks` makes them.
+//! empty disks, qcow2 overlays over container disks) and `node::disks` makes them.
 //! The spec is first checked by `vmi::validate` (the checks admission also
 //! runs); then what only this node knows: its kernel, images, Secrets and
 //! host disk roots. Files kvmlet makes for a VMI get names kvmlet chooses
-//! (`disk-<index>.img`, `cidata.iso`), never a name from the manifest.
+//! (`disk-<index>.img`, `disk-<index>.qcow2`, `cidata.iso`), never a name
+//! from the manifest.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,8 +67,9 @@ pub enum DiskFile {
     /// A hostDisk `DiskOrCreate`: a sparse file made only if none exists,
     /// in a directory that exists (its path was checked against the roots).
     HostDisk { path: PathBuf, bytes: u64 },
-    /// A private copy of a container disk (writes never reach the image).
-    Copy { from: PathBuf, to: PathBuf },
+    /// A container disk's own qcow2 overlay over the image's (shared,
+    /// read-only) disk file: the VM's writes land in the overlay only.
+    Overlay { base: PathBuf, path: PathBuf },
     /// The cloud-init NoCloud seed.
     Seed { path: PathBuf, seed: NoCloudSeed },
 }
@@ -99,7 +101,9 @@ impl VmPlan {
             ConfigError::TooManyVirtioDevices { .. } | ConfigError::Net(_) => {
                 "spec.domain.devices.interfaces".to_string()
             }
-            ConfigError::DiskUnreadable { index, .. } | ConfigError::DiskSerial { index, .. } => {
+            ConfigError::DiskUnreadable { index, .. }
+            | ConfigError::DiskImage { index, .. }
+            | ConfigError::DiskSerial { index, .. } => {
                 self.disk_fields.get(*index).cloned().unwrap_or_else(|| "spec.domain.devices.disks".into())
             }
         };
@@ -160,15 +164,14 @@ pub fn translate(
             .find(|(_, v)| v.name == disk.name)
             .ok_or_else(|| err(format!("{field}.name"), format!("no volume named {:?}", disk.name)))?;
         let volume_field = format!("spec.volumes[{volume_index}]");
-        let own = disks_dir.join(format!("disk-{index}.img"));
-        let source = VolumeContext { vmi, uuid: &uuid, node, secrets, disks_dir };
-        let (path, readonly, file) = volume_file(&source, volume, &volume_field, readonly, own)?;
+        let source = VolumeContext { vmi, uuid: &uuid, node, secrets, disks_dir, index };
+        let VolumeDisk { path, readonly, backing, file } = volume_file(&source, volume, &volume_field, readonly)?;
         files.extend(file);
         let serial = match volume.cloud_init_no_cloud {
             Some(_) => Some(disk.serial.clone().unwrap_or_else(|| cloud_init::SEED_SERIAL.to_string())),
             None => disk.serial.clone(),
         };
-        config.disks.push(DiskConfig { path, readonly, serial });
+        config.disks.push(DiskConfig { path, readonly, serial, backing });
         disk_fields.push(volume_field);
     }
     let interface = nic(vmi, node.pod_network.as_ref())?;
@@ -243,17 +246,28 @@ struct VolumeContext<'a> {
     node: &'a NodeDefaults,
     secrets: &'a Secrets,
     disks_dir: &'a Path,
+    /// The disk's index, for the names of the files kvmlet makes for it.
+    index: usize,
 }
 
-/// The file behind one volume, whether it must be read-only, and the file
-/// to make for it (`own` is the name kvmlet gives its disk file).
-fn volume_file(
-    cx: &VolumeContext,
-    volume: &Volume,
-    field: &str,
+/// The disk behind one volume: its file, whether it must be read-only, its
+/// backing file, and the file to make for it.
+struct VolumeDisk {
+    path: PathBuf,
     readonly: bool,
-    own: PathBuf,
-) -> Result<(PathBuf, bool, Option<DiskFile>), SpecError> {
+    backing: Vec<PathBuf>,
+    file: Option<DiskFile>,
+}
+
+impl VolumeDisk {
+    fn new(path: PathBuf, readonly: bool, file: Option<DiskFile>) -> VolumeDisk {
+        VolumeDisk { path, readonly, backing: Vec::new(), file }
+    }
+}
+
+/// The disk behind one volume.
+fn volume_file(cx: &VolumeContext, volume: &Volume, field: &str, readonly: bool) -> Result<VolumeDisk, SpecError> {
+    let own = |extension: &str| cx.disks_dir.join(format!("disk-{}.{extension}", cx.index));
     if let Some(container) = &volume.container_disk {
         let image = &container.image;
         let root = image_root(&cx.node.image_dir, image).map_err(|e| err(format!("{field}.containerDisk.image"), e))?;
@@ -261,11 +275,15 @@ fn volume_file(
             Some(path) => inside(&root, path).map_err(|e| err(format!("{field}.containerDisk.path"), e))?,
             None => only_disk_file(&root.join("disk")).map_err(|e| err(format!("{field}.containerDisk.image"), e))?,
         };
-        return Ok((own.clone(), readonly, Some(DiskFile::Copy { from, to: own })));
+        // The image's file is the overlay's base, opened read-only and shared.
+        let path = own("qcow2");
+        let file = DiskFile::Overlay { base: from.clone(), path: path.clone() };
+        return Ok(VolumeDisk { backing: vec![from], ..VolumeDisk::new(path, readonly, Some(file)) });
     }
     if let Some(empty) = &volume.empty_disk {
         let bytes = validate::disk_bytes(&empty.capacity.0, &format!("{field}.emptyDisk.capacity"))?;
-        return Ok((own.clone(), readonly, Some(DiskFile::Sparse { path: own, bytes })));
+        let path = own("img");
+        return Ok(VolumeDisk::new(path.clone(), readonly, Some(DiskFile::Sparse { path, bytes })));
     }
     if let Some(host) = &volume.host_disk {
         let create = host.type_ == "DiskOrCreate";
@@ -277,7 +295,7 @@ fn volume_file(
             }
             _ => None,
         };
-        return Ok((path, readonly, file));
+        return Ok(VolumeDisk::new(path, readonly, file));
     }
     let cloud_init = volume.cloud_init_no_cloud.as_ref().ok_or_else(|| err(field, "no volume source"))?;
     let secret = |reference: &Option<proto::kubevirt::LocalObjectReference>, keys: [&str; 2], name: &str| {
@@ -303,7 +321,7 @@ fn volume_file(
     let seed: NoCloudSeed =
         cloud_init::seed(&cloud_init::instance_id(cx.uuid), Some(&hostname), user_data, network_data);
     let path = cx.disks_dir.join(SEED_FILE);
-    Ok((path.clone(), true, Some(DiskFile::Seed { path, seed })))
+    Ok(VolumeDisk::new(path.clone(), true, Some(DiskFile::Seed { path, seed })))
 }
 
 /// `image_dir/REF`, with `:latest` added to a reference without tag or digest;

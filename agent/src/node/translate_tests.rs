@@ -214,8 +214,15 @@ fn disks_follow_the_disk_order_with_their_files() {
         plan.config.disks.iter().map(|d| (d.path.to_str().unwrap(), d.readonly, d.serial.as_deref())).collect();
     assert_eq!(
         disks,
-        [("/d/cidata.iso", true, Some("cidata")), ("/d/disk-1.img", false, Some("r0")), ("/d/disk-2.img", true, None)]
+        [
+            ("/d/cidata.iso", true, Some("cidata")),
+            ("/d/disk-1.qcow2", false, Some("r0")),
+            ("/d/disk-2.img", true, None)
+        ]
     );
+    // The container disk runs on its own overlay over the image's file, given as its only backing file.
+    let backing: Vec<&[PathBuf]> = plan.config.disks.iter().map(|d| d.backing.as_slice()).collect();
+    assert_eq!(backing, [&[][..], &[disk_dir.join("root.raw")][..], &[][..]]);
     let seed = cloud_init::seed(
         "0b9f7c1e-2f4a-4e5b-9a6c-7d8e9f0a1b2c",
         Some("custom-host"),
@@ -226,7 +233,7 @@ fn disks_follow_the_disk_order_with_their_files() {
         plan.files,
         [
             DiskFile::Seed { path: "/d/cidata.iso".into(), seed },
-            DiskFile::Copy { from: disk_dir.join("root.raw"), to: "/d/disk-1.img".into() },
+            DiskFile::Overlay { base: disk_dir.join("root.raw"), path: "/d/disk-1.qcow2".into() },
             DiskFile::Sparse { path: "/d/disk-2.img".into(), bytes: 1024 },
         ]
     );

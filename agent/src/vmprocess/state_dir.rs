@@ -10,7 +10,7 @@
 //! | `serial.log` | VM process | the guest's serial console |
 //! | `exit.json` | VM process, last | [`proto::debug::VmExit`] |
 //! | `vmm.log` | VM process (stderr) | its own log |
-//! | `disks/` | agent | seed image, empty disks, container disk copies |
+//! | `disks/` | agent | seed image, empty disks, container disk overlays |
 
 use std::fs::File;
 use std::io;

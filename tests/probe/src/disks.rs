@@ -1,6 +1,6 @@
 //! What the probe does with its disks: list them, print the cloud-init
-//! `user-data` from the `cidata` ISO 9660 seed, and write, flush and read back
-//! a marker sector on a data disk.
+//! `user-data` from the `cidata` ISO 9660 seed, write, flush and read back
+//! a marker sector on a data disk, and read chosen sectors of it back.
 
 use crate::bootinfo::cmdline_value;
 use crate::report;
@@ -12,6 +12,8 @@ use crate::virtio::{
 
 const ISO_SECTOR: u64 = 2048;
 const MARKER: &[u8] = b"KVMLET-PROBE-MARKER sector=";
+/// Most sectors one `probe.blk_read` lists.
+const MAX_BLK_READS: usize = 16;
 
 fn status_name(status: u8) -> &'static str {
     match status {
@@ -130,6 +132,33 @@ fn write_marker(dev: &mut BlockDevice, index: usize, sector: u64) {
     );
 }
 
+/// FNV-1a, 64 bits: a checksum a test recomputes in a few lines.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// `probe.blk_read=SECTOR,...`: reads each sector and reports its first 16
+/// bytes (hex) and the FNV-1a of all 512.
+fn read_sectors(dev: &mut BlockDevice, index: usize, list: &str) {
+    for sector in list.split(',').take(MAX_BLK_READS) {
+        let Ok(sector) = sector.parse::<u64>() else {
+            report!("error blk-read: `{}` is not a sector number", sector);
+            continue;
+        };
+        let status = dev.request(T_IN, sector, SECTOR_SIZE);
+        if status != S_OK {
+            report!("blk-read disk={} sector={} status={}", index, sector, status_name(status));
+            continue;
+        }
+        let data = &dev.data()[..SECTOR_SIZE];
+        let mut head = crate::heapless_string::Line::new();
+        for b in &data[..16] {
+            let _ = core::fmt::Write::write_fmt(&mut head, format_args!("{:02x}", b));
+        }
+        report!("blk-read disk={} sector={} status=ok fnv={:016x} head={}", index, sector, fnv1a(data), head.as_str());
+    }
+}
+
 /// Bytes of each data segment of a flood request.
 pub const FLOOD_SEGMENT_BYTES: u32 = 4 << 20;
 
@@ -160,6 +189,8 @@ pub fn probe_disks(bases: &[u64], cmdline: &str, flood_buffer: Option<u64>) {
     let mut flooded = false;
     let marker_sector = cmdline_value(cmdline, "probe.marker_sector").and_then(|s| s.parse::<u64>().ok());
     let marker_disk = cmdline_value(cmdline, "probe.marker_disk").and_then(|s| s.parse::<usize>().ok());
+    let blk_read = cmdline_value(cmdline, "probe.blk_read");
+    let mut read_done = false;
     let mut marked = false;
     for (index, &base) in bases.iter().enumerate() {
         let mut dev = match BlockDevice::init(base) {
@@ -200,6 +231,15 @@ pub fn probe_disks(bases: &[u64], cmdline: &str, flood_buffer: Option<u64>) {
         if let (Some(sector), true) = (marker_sector, wanted) {
             write_marker(&mut dev, index, sector);
             marked = true;
+        }
+        // The same disk as the marker, read after it.
+        let wanted = match marker_disk {
+            Some(disk) => disk == index,
+            None => user_data.is_none() && !read_done,
+        };
+        if let (Some(list), true) = (blk_read, wanted) {
+            read_sectors(&mut dev, index, list);
+            read_done = true;
         }
         if flood_wanted && !flooded && user_data.is_none() && !dev.readonly {
             match flood_buffer {

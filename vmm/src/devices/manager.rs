@@ -118,7 +118,7 @@ mod tests {
     #[test]
     fn disks_come_first_in_order_then_nics() {
         let mut config = VmConfig::new("/boot/vmlinuz");
-        let disk = |p: &str| DiskConfig { path: p.into(), readonly: false, serial: None };
+        let disk = |p: &str| DiskConfig::new(p);
         config.disks = vec![disk("a"), disk("b")];
         config.nets = vec![NetConfig {
             tap: TapSource::Name("tap0".into()),

@@ -154,7 +154,7 @@ mod tests {
 
     fn two_disks() -> Vec<MmioSlot> {
         let mut config = VmConfig::new("/boot/vmlinuz");
-        config.disks = vec![DiskConfig { path: "a".into(), readonly: false, serial: None }; 2];
+        config.disks = vec![DiskConfig::new("a"); 2];
         plan(&config)
     }
 

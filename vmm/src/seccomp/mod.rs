@@ -135,6 +135,9 @@ pub fn configure(mode: SeccompMode) -> Result<(), SeccompError> {
     if mode == SeccompMode::Kill {
         install_sigsys_handler()?;
     }
+    if mode != SeccompMode::Off && !crate::malloc::never_shrink_thread_heaps() {
+        tracing::warn!("glibc refused M_TRIM_THRESHOLD: freeing memory may make a refused open");
+    }
     FILTERS.set(Filters { mode, programs }).map_err(|_| SeccompError::AlreadyConfigured)
 }
 

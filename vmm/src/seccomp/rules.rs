@@ -104,6 +104,8 @@ const CONTROL: &[i64] = &[
     libc::SYS_chmod,
     libc::SYS_ftruncate,
     libc::SYS_fallocate,
+    // imago reads a writable qcow2 file's block size when a boot opens it.
+    libc::SYS_fstatfs,
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_pread64,
@@ -147,17 +149,39 @@ const CONTROL: &[i64] = &[
     libc::SYS_getppid,
 ];
 
-/// A block worker reads and writes its disk by offset and flushes it.
-const BLOCK_WORKER: &[i64] =
-    &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_preadv, libc::SYS_pwritev, libc::SYS_fsync, libc::SYS_fdatasync];
+/// A block worker reads and writes its disk by offset and flushes it; it
+/// punches holes and zeroes ranges (DISCARD, WRITE_ZEROES), and on a qcow2
+/// image imago grows the file to zero a range past its end.
+const BLOCK_WORKER: &[i64] = &[
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+    libc::SYS_ftruncate,
+];
 
 /// A net worker moves frames between the queues and its tap (or socket).
 const NET_WORKER: &[i64] = &[libc::SYS_sendto, libc::SYS_recvfrom, libc::SYS_sendmsg, libc::SYS_recvmsg];
 
 /// A vCPU emulates devices on its exits: block and net activation (tap
-/// offloads), flushes, and the serial port's coalescing zone.
-const VCPU: &[i64] =
-    &[libc::SYS_eventfd2, libc::SYS_fcntl, libc::SYS_fsync, libc::SYS_fdatasync, libc::SYS_pread64, libc::SYS_pwrite64];
+/// offloads), flushes, and the serial port's coalescing zone. A block worker
+/// is started by the vCPU that activates its device and keeps the vCPU's
+/// filter under its own, so the vCPU's list holds the block worker's too.
+const VCPU: &[i64] = &[
+    libc::SYS_eventfd2,
+    libc::SYS_fcntl,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fallocate,
+    libc::SYS_ftruncate,
+];
 
 /// The ioctl requests a thread kind may make, on any descriptor.
 fn ioctls(kind: ThreadKind) -> Vec<u64> {
@@ -226,6 +250,16 @@ mod tests {
             for nr in allowed(kind).unwrap().keys() {
                 assert!(control.contains_key(nr), "{kind:?} allows syscall {nr}, which control does not");
             }
+        }
+    }
+
+    /// Filters stack: a block worker, started on a vCPU, can make only the
+    /// syscalls both lists allow.
+    #[test]
+    fn the_vcpu_list_holds_the_block_workers() {
+        let vcpu = allowed(ThreadKind::Vcpu).unwrap();
+        for nr in allowed(ThreadKind::BlockWorker).unwrap().keys() {
+            assert!(vcpu.contains_key(nr), "the block worker allows syscall {nr}, which its vCPU does not");
         }
     }
 

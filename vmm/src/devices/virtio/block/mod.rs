@@ -1,9 +1,9 @@
-//! virtio-blk over a raw image file: one request queue, processed on a
-//! worker thread that the device starts on activation and stops on reset.
+//! virtio-blk over a disk image (raw or qcow2, `crate::image`): one request
+//! queue, processed on a worker thread that the device starts on activation
+//! and stops on reset.
 
 mod request;
 
-use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,6 +25,7 @@ pub use request::{
 pub use request::{S_IOERR, S_OK, S_UNSUPP};
 
 use super::{ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::image::DiskImage;
 
 pub const DEVICE_TYPE_BLOCK: u32 = VIRTIO_ID_BLOCK;
 pub const QUEUE_SIZE: u16 = 256;
@@ -81,15 +82,15 @@ struct Worker {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    #[error("read the size of the disk: {0}")]
-    Metadata(std::io::Error),
+    #[error("read the size of the disk")]
+    Metadata(#[source] std::io::Error),
 }
 
 impl Block {
-    /// A device for `file`, opened by the caller with the access it needs.
-    /// The capacity is the file size in whole sectors.
-    pub fn new(file: File, readonly: bool, serial: Option<&str>) -> Result<Block, BlockError> {
-        let size = file.metadata().map_err(BlockError::Metadata)?.len();
+    /// A device for `image`, opened by the caller with the access it needs.
+    /// The capacity is the disk's size in whole sectors.
+    pub fn new(image: DiskImage, readonly: bool, serial: Option<&str>) -> Result<Block, BlockError> {
+        let size = image.size().map_err(BlockError::Metadata)?;
         let capacity_sectors = size / SECTOR_SIZE;
         let mut id = [0u8; ID_BYTES];
         if let Some(serial) = serial {
@@ -97,7 +98,7 @@ impl Block {
             id[..n].copy_from_slice(&serial.as_bytes()[..n]);
         }
         Ok(Block {
-            disk: Arc::new(Disk { file, readonly, capacity_sectors, id }),
+            disk: Arc::new(Disk { image, readonly, capacity_sectors, id }),
             config: ConfigSpace::new(capacity_sectors),
             queue_sizes: [QUEUE_SIZE],
             worker: None,

@@ -1,5 +1,6 @@
 //! virtio-blk requests: parsed from a descriptor chain the guest wrote (and so
-//! checked piece by piece), then executed against the disk file.
+//! checked piece by piece), then executed against the disk image: a raw file
+//! directly, a qcow2 image through `image::Qcow2Image`.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -12,6 +13,8 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::image::DiskImage;
 
 /// virtio-blk's unit for `sector` fields and the capacity, fixed by the spec
 /// (5.2.6); also the block size the device advertises (`blk_size`).
@@ -182,7 +185,7 @@ impl Request {
 
 /// The disk a device serves.
 pub struct Disk {
-    pub file: File,
+    pub image: DiskImage,
     pub readonly: bool,
     pub capacity_sectors: u64,
     pub id: [u8; ID_BYTES],
@@ -194,7 +197,7 @@ pub fn execute(mem: &GuestMemoryMmap, disk: &Disk, request: &Request) -> (u8, u3
         RequestType::In => read_sectors(mem, disk, request).map(|()| request.data_len() as u32),
         RequestType::Out if disk.readonly => Err(S_IOERR),
         RequestType::Out => write_sectors(mem, disk, request).map(|()| 0),
-        RequestType::Flush => disk.file.sync_data().map(|()| 0).map_err(|_| S_IOERR),
+        RequestType::Flush => flush(disk).map(|()| 0),
         RequestType::GetId => get_id(mem, disk, request),
         RequestType::Discard | RequestType::WriteZeroes if disk.readonly => Err(S_IOERR),
         RequestType::Discard | RequestType::WriteZeroes => discard_or_zero(mem, disk, request).map(|()| 0),
@@ -221,15 +224,43 @@ fn disk_range(disk: &Disk, sector: u64, bytes: u64) -> Result<u64, u8> {
     Ok(sector * SECTOR_SIZE)
 }
 
+fn flush(disk: &Disk) -> Result<(), u8> {
+    let result = match &disk.image {
+        DiskImage::Raw(file) => file.sync_data(),
+        DiskImage::Qcow2(image) => image.flush(),
+    };
+    result.map_err(|e| io_error("flush", e))
+}
+
+/// S_IOERR, with the cause in the debug log (a guest can cause many).
+fn io_error(what: &'static str, error: std::io::Error) -> u8 {
+    tracing::debug!(%error, "virtio-blk: {what} failed");
+    S_IOERR
+}
+
+/// The request's data segments as guest memory slices.
+fn guest_slices<'m>(
+    mem: &'m GuestMemoryMmap,
+    request: &Request,
+) -> Result<Vec<vm_memory::VolatileSlice<'m, vm_memory::bitmap::MS<'m, GuestMemoryMmap>>>, u8> {
+    request.data.iter().map(|s| mem.get_slice(s.addr, s.len as usize).map_err(|_| S_IOERR)).collect()
+}
+
 fn read_sectors(mem: &GuestMemoryMmap, disk: &Disk, request: &Request) -> Result<(), u8> {
     let mut offset = disk_range(disk, request.sector, request.data_len())?;
+    let file = match &disk.image {
+        DiskImage::Raw(file) => file,
+        DiskImage::Qcow2(image) => {
+            return image.read(&guest_slices(mem, request)?, offset).map_err(|e| io_error("qcow2 read", e))
+        }
+    };
     for segment in &request.data {
         let slice = mem.get_slice(segment.addr, segment.len as usize).map_err(|_| S_IOERR)?;
         let guard = slice.ptr_guard_mut();
         // SAFETY: the slice is a live mapping of guest RAM of `len` bytes,
         // checked at parse time; the guard keeps it valid while we write it.
         let buf = unsafe { std::slice::from_raw_parts_mut(guard.as_ptr(), slice.len()) };
-        disk.file.read_exact_at(buf, offset).map_err(|_| S_IOERR)?;
+        file.read_exact_at(buf, offset).map_err(|_| S_IOERR)?;
         offset += u64::from(segment.len);
     }
     Ok(())
@@ -237,13 +268,19 @@ fn read_sectors(mem: &GuestMemoryMmap, disk: &Disk, request: &Request) -> Result
 
 fn write_sectors(mem: &GuestMemoryMmap, disk: &Disk, request: &Request) -> Result<(), u8> {
     let mut offset = disk_range(disk, request.sector, request.data_len())?;
+    let file = match &disk.image {
+        DiskImage::Raw(file) => file,
+        DiskImage::Qcow2(image) => {
+            return image.write(&guest_slices(mem, request)?, offset).map_err(|e| io_error("qcow2 write", e))
+        }
+    };
     for segment in &request.data {
         let slice = mem.get_slice(segment.addr, segment.len as usize).map_err(|_| S_IOERR)?;
         let guard = slice.ptr_guard();
         // SAFETY: as in read_sectors; the guest may change the buffer under us,
         // which only changes what gets written, never memory safety on our side.
         let buf = unsafe { std::slice::from_raw_parts(guard.as_ptr(), slice.len()) };
-        disk.file.write_all_at(buf, offset).map_err(|_| S_IOERR)?;
+        file.write_all_at(buf, offset).map_err(|_| S_IOERR)?;
         offset += u64::from(segment.len);
     }
     Ok(())
@@ -308,15 +345,25 @@ fn discard_or_zero(mem: &GuestMemoryMmap, disk: &Disk, request: &Request) -> Res
     if count == 0 {
         return Ok(());
     }
-    let punch = discard || flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+    let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+    let file = match &disk.image {
+        DiskImage::Raw(file) => file,
+        DiskImage::Qcow2(image) if discard => {
+            return image.discard(offset, len).map_err(|e| io_error("qcow2 discard", e))
+        }
+        DiskImage::Qcow2(image) => {
+            return image.write_zeroes(offset, len, unmap).map_err(|e| io_error("qcow2 write-zeroes", e))
+        }
+    };
+    let punch = discard || unmap;
     let mode = if punch { libc::FALLOC_FL_PUNCH_HOLE } else { libc::FALLOC_FL_ZERO_RANGE } | libc::FALLOC_FL_KEEP_SIZE;
     // SAFETY: fallocate on our own open fd with a range checked against the
     // disk (offset + len <= capacity, so both fit in i64).
-    let rc = unsafe { libc::fallocate(disk.file.as_raw_fd(), mode, offset as i64, len as i64) };
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) };
     if rc == 0 || discard {
         return Ok(()); // discard is a hint; a filesystem without hole punching may ignore it
     }
-    zero_by_writing(&disk.file, offset, len)
+    zero_by_writing(file, offset, len)
 }
 
 fn zero_by_writing(file: &File, mut offset: u64, mut len: u64) -> Result<(), u8> {

@@ -12,6 +12,7 @@ use super::*;
 use crate::devices::irq::IrqLine;
 use crate::devices::virtio::guest_queue::{Desc, GuestQueue, VIRTQ_DESC_F_NEXT};
 use crate::devices::virtio::ActiveQueue;
+use crate::image::DiskImage;
 
 const MEM_SIZE: usize = 16 << 20;
 const QUEUE_BASE: u64 = 0x1000;
@@ -27,6 +28,9 @@ struct Rig {
     interrupt: Interrupt,
     disk: Arc<Disk>,
     file: tempfile::NamedTempFile,
+    /// With `Content::Overlay`: the directory of the qcow2 overlay the disk
+    /// is, over `file` as its base.
+    _overlay: Option<tempfile::TempDir>,
 }
 
 fn pattern(offset: u64) -> u8 {
@@ -37,7 +41,11 @@ fn pattern(offset: u64) -> u8 {
 #[derive(Clone, Copy)]
 enum Content {
     Pattern,
-    Sparse { sectors: u64 },
+    Sparse {
+        sectors: u64,
+    },
+    /// A qcow2 overlay over a raw base of `Pattern` (`Rig::file`).
+    Overlay,
 }
 
 fn rig_with(readonly: bool, queue_size: u16) -> Rig {
@@ -48,12 +56,26 @@ fn rig_on(readonly: bool, queue_size: u16, content: Content) -> Rig {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let mut file = tempfile::NamedTempFile::new().unwrap();
     match content {
-        Content::Pattern => file.write_all(&(0..DISK_SECTORS * SECTOR_SIZE).map(pattern).collect::<Vec<u8>>()).unwrap(),
+        Content::Pattern | Content::Overlay => {
+            file.write_all(&(0..DISK_SECTORS * SECTOR_SIZE).map(pattern).collect::<Vec<u8>>()).unwrap()
+        }
         Content::Sparse { sectors } => file.as_file().set_len(sectors * SECTOR_SIZE).unwrap(),
     }
-    let handle = std::fs::OpenOptions::new().read(true).write(!readonly).open(file.path()).unwrap();
+    let (image, overlay) = match content {
+        Content::Overlay => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("overlay.qcow2");
+            crate::image::create_overlay(std::fs::File::create_new(&path).unwrap(), file.path()).unwrap();
+            let files = crate::image::ImageFiles::open(&path, readonly, &[file.path().to_path_buf()]).unwrap();
+            (files.into_image(!readonly).unwrap(), Some(dir))
+        }
+        _ => {
+            let handle = std::fs::OpenOptions::new().read(true).write(!readonly).open(file.path()).unwrap();
+            (DiskImage::Raw(handle), None)
+        }
+    };
     // The device's own disk (capacity and id as Block::new computed them).
-    let disk = Block::new(handle, readonly, Some("disk-serial-0001")).unwrap().disk.clone();
+    let disk = Block::new(image, readonly, Some("disk-serial-0001")).unwrap().disk.clone();
     let driver = GuestQueue::new(QUEUE_BASE, queue_size);
     let mut queue = Queue::new(QUEUE_SIZE).unwrap();
     queue.set_size(queue_size);
@@ -63,7 +85,7 @@ fn rig_on(readonly: bool, queue_size: u16, content: Content) -> Rig {
     queue.set_ready(true);
     assert!(queue.is_valid(&mem));
     let active = ActiveQueue { queue, notify: Arc::new(EventFd::new(0).unwrap()) };
-    Rig { mem, driver, active, interrupt: Interrupt::new(IrqLine::new().unwrap()), disk, file }
+    Rig { mem, driver, active, interrupt: Interrupt::new(IrqLine::new().unwrap()), disk, file, _overlay: overlay }
 }
 
 fn rig(readonly: bool) -> Rig {
@@ -246,7 +268,7 @@ fn config_space_reports_capacity_and_limits() {
         u32::from_le_bytes(bytes)
     };
     let file = tempfile::NamedTempFile::new().unwrap();
-    let writable = Block::new(file.reopen().unwrap(), false, None).unwrap();
+    let writable = Block::new(DiskImage::Raw(file.reopen().unwrap()), false, None).unwrap();
     // Offsets from the virtio spec (5.2.4, struct virtio_blk_config), not from the bindings.
     let limits = [
         (8, MAX_SEGMENT_BYTES, "size_max"),
@@ -271,7 +293,7 @@ fn config_space_reports_capacity_and_limits() {
 
     let file = tempfile::NamedTempFile::new().unwrap();
     file.as_file().set_len(10 * 512 + 100).unwrap();
-    let block = Block::new(file.reopen().unwrap(), true, None).unwrap();
+    let block = Block::new(DiskImage::Raw(file.reopen().unwrap()), true, None).unwrap();
     let mut capacity = [0u8; 8];
     block.read_config(0, &mut capacity);
     assert_eq!(u64::from_le_bytes(capacity), 10, "whole sectors only");
@@ -280,6 +302,49 @@ fn config_space_reports_capacity_and_limits() {
     assert_eq!(beyond, [0; 4]);
     assert_ne!(block.features() & F_RO, 0);
     assert_eq!(block.features() & F_DISCARD, 0);
+}
+
+/// The same requests on a qcow2 overlay: reads of the base through it,
+/// writes, flushes, zeroes and discards in the overlay, the base untouched.
+#[test]
+fn a_qcow2_overlay_serves_every_request_and_leaves_its_base_alone() {
+    let mut rig = rig_on(false, 16, Content::Overlay);
+    let base = rig.file_bytes();
+    assert_eq!(rig.disk.capacity_sectors, DISK_SECTORS);
+    let read_back = |rig: &mut Rig, sector: u64, len: usize| {
+        assert_eq!(rig.request(0, sector, len as u32, true), (S_OK, len as u32 + 1));
+        let mut data = vec![0u8; len];
+        rig.mem.read_slice(&mut data, GuestAddress(DATA)).unwrap();
+        data
+    };
+    // Two segments in one read, crossing a 64 KiB cluster boundary.
+    rig.header(0, 127);
+    let chain = [(HEADER, 16, false), (DATA, 512, true), (DATA + 512, 1024, true), (STATUS, 1, true)];
+    assert_eq!(rig.submit(&chain), (S_OK, 1537));
+    let mut data = vec![0u8; 1536];
+    rig.mem.read_slice(&mut data, GuestAddress(DATA)).unwrap();
+    assert!(data.iter().enumerate().all(|(i, b)| *b == pattern(127 * 512 + i as u64)));
+
+    rig.mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+    assert_eq!(rig.request(1, 7, 512, false), (S_OK, 1));
+    rig.header(4, 0);
+    assert_eq!(rig.submit(&[(HEADER, 16, false), (STATUS, 1, true)]), (S_OK, 1), "flush");
+    let data = read_back(&mut rig, 6, 1536);
+    assert!(data[..512].iter().enumerate().all(|(i, b)| *b == pattern(6 * 512 + i as u64)));
+    assert!(data[512..1024].iter().all(|b| *b == 0xab));
+    assert_eq!(data[1024], pattern(8 * 512));
+
+    for (kind, sector) in [(13u32, 20u64), (11, 300)] {
+        rig.mem.write_obj(sector, GuestAddress(DATA)).unwrap();
+        rig.mem.write_obj(4u32, GuestAddress(DATA + 8)).unwrap();
+        rig.mem.write_obj(0u32, GuestAddress(DATA + 12)).unwrap();
+        assert_eq!(rig.request(kind, 0, 16, false).0, S_OK, "type {kind}");
+    }
+    assert!(read_back(&mut rig, 20, 2048).iter().all(|b| *b == 0), "write-zeroes");
+    assert_eq!(read_back(&mut rig, 24, 512)[0], pattern(24 * 512));
+    // Past the end, as for raw.
+    assert_eq!(rig.request(0, DISK_SECTORS, 512, true).0, S_IOERR);
+    assert_eq!(rig.file_bytes(), base, "the base is untouched");
 }
 
 mod bounds;

@@ -184,6 +184,11 @@ pub struct VmDetail {
     #[serde(flatten)]
     pub summary: VmSummary,
     pub config: serde_json::Value,
+    /// Which kernel boots and why, when the node took it from the VMI's
+    /// boot disk: `kernel /boot/vmlinuz-6.1 from /boot/grub/grub.cfg menuentry
+    /// "Debian" (default "0") on disk rootdisk partition 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<String>,
 }
 
 /// An error from the debugging socket (non-2xx answers carry one).

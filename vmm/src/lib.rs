@@ -9,6 +9,7 @@
 
 pub mod arch;
 mod boot;
+pub mod bootdisk;
 pub mod config;
 pub mod console;
 pub mod devices;

@@ -7,17 +7,23 @@ use clap::Args;
 use uuid::Uuid;
 use vmm::{DiskConfig, MacAddr, NetConfig, TapSource, VmConfig};
 
+use crate::node::boot_disk;
 use crate::vmi::cloud_init;
 use crate::vmi::network::{masquerade_lease, DhcpOptions, ResolvConf};
 
 #[derive(Debug, Clone, Args)]
 pub struct VmArgs {
     /// Kernel image: a bzImage, or an ELF with a PVH note.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "boot_from_disk")]
+    pub kernel: Option<PathBuf>,
     /// Initial ramdisk.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "boot_from_disk")]
     pub initrd: Option<PathBuf>,
+    /// Boot the first --disk's own kernel, initrd and command line, as its
+    /// boot loader would (BLS entries, grub.cfg, extlinux.conf, /vmlinuz),
+    /// instead of --kernel; --cmdline is appended to the disk's command line.
+    #[arg(long, conflicts_with = "kernel", requires = "disks")]
+    pub boot_from_disk: bool,
     /// Kernel command line.
     #[arg(long, value_name = "STR", default_value = "")]
     pub cmdline: String,
@@ -86,10 +92,12 @@ fn random_mac() -> MacAddr {
     MacAddr([0x02, bytes[0], bytes[1], bytes[2], bytes[3], bytes[4]])
 }
 
-/// A VM config and the seed image it refers to, which lives as long as this does.
+/// A VM config and the seed image and boot disk's kernel it refers to,
+/// which live as long as this does.
 pub struct PreparedVm {
     pub config: VmConfig,
     _seed: Option<tempfile::NamedTempFile>,
+    _boot: Option<tempfile::TempDir>,
 }
 
 impl PreparedVm {
@@ -125,17 +133,31 @@ impl VmArgs {
     /// is built into a temporary file that is removed when the result drops.
     /// The seed follows KubeVirt's rules (`vmi::cloud_init`): its instance-id
     /// is the firmware UUID (a new one when none is given), its disk has serial `cidata`.
+    /// With `--boot-from-disk` the disk's kernel and initrd are copied into
+    /// a private temporary directory, removed likewise.
     pub fn prepare(&self) -> anyhow::Result<PreparedVm> {
+        let (kernel, initrd, cmdline, boot) = if self.boot_from_disk {
+            let disk = self.disks.first().context("--boot-from-disk needs a --disk")?;
+            let dir = tempfile::Builder::new().prefix("kvmlet-boot-").tempdir()?;
+            let name = disk.path.display().to_string();
+            let booted = boot_disk::extract(disk, &name, dir.path())
+                .map_err(|e| anyhow::anyhow!("--boot-from-disk: {}", crate::errors::with_causes(&e)))?;
+            tracing::info!("booting {}", booted.reason);
+            let cmdline = format!("{} {}", booted.cmdline, self.cmdline).trim_end().to_string();
+            (booted.kernel, booted.initrd, cmdline, Some(dir))
+        } else {
+            let kernel = self.kernel.clone().context("--kernel (or --boot-from-disk) is required")?;
+            (kernel, self.initrd.clone(), self.cmdline.clone(), None)
+        };
         let mut config = VmConfig {
             vcpus: self.vcpus,
             memory_mib: self.memory,
-            kernel: self.kernel.clone(),
-            initrd: self.initrd.clone(),
-            cmdline: self.cmdline.clone(),
+            initrd,
+            cmdline,
             uuid: self.uuid,
             serial: self.serial.clone(),
             disks: self.disks.clone(),
-            ..VmConfig::new(&self.kernel)
+            ..VmConfig::new(kernel)
         };
         if !self.nets.is_empty() {
             let resolv = ResolvConf::of_node();
@@ -151,7 +173,7 @@ impl VmArgs {
                 .collect();
         }
         let Some(user_data_path) = &self.cloud_init_user_data else {
-            return Ok(PreparedVm { config, _seed: None });
+            return Ok(PreparedVm { config, _seed: None, _boot: boot });
         };
         let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("read {}", path.display()));
         let user_data = read(user_data_path)?;
@@ -165,7 +187,7 @@ impl VmArgs {
             serial: Some(cloud_init::SEED_SERIAL.into()),
             ..DiskConfig::new(file.path())
         });
-        Ok(PreparedVm { config, _seed: Some(file) })
+        Ok(PreparedVm { config, _seed: Some(file), _boot: boot })
     }
 }
 
@@ -194,6 +216,23 @@ mod tests {
         assert!(parse_net("tap=t,queues=2").unwrap_err().contains("`queues=2`"));
         assert!(parse_net("tap=t,mac=zz").unwrap_err().contains("`zz` is not a MAC address"));
         assert!(random_mac().0[0] == 0x02);
+    }
+
+    #[test]
+    fn boot_from_disk_replaces_kernel_and_needs_a_disk() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            vm: VmArgs,
+        }
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("kvmlet").chain(args.iter().copied()));
+        assert!(parse(&["--disk", "d.img", "--boot-from-disk"]).is_ok());
+        let error = |args: &[&str]| parse(args).err().expect("refused").to_string();
+        assert!(error(&["--kernel", "k", "--disk", "d.img", "--boot-from-disk"]).contains("cannot be used with"));
+        assert!(error(&["--boot-from-disk"]).contains("--disk"));
+        assert!(error(&["--disk", "d.img"]).contains("--kernel"));
+        assert!(error(&["--disk", "d.img", "--boot-from-disk", "--initrd", "i"]).contains("cannot be used with"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /v1/vms` | `[VmSummary]` |
-//! | `GET /v1/namespaces/{ns}/vms/{name}` | `VmDetail` (summary and `VmConfig`) |
+//! | `GET /v1/namespaces/{ns}/vms/{name}` | `VmDetail` (summary, `VmConfig`, and which kernel boots and why) |
 //! | `GET /v1/namespaces/{ns}/vms/{name}/console[?follow=true]` | the serial console (followed until the VM stops) |
 //! | `POST /v1/namespaces/{ns}/vms/{name}/console` | body typed on the serial console |
 //! | `POST /v1/namespaces/{ns}/vms/{name}/power-button` | presses the ACPI power button |
@@ -79,7 +79,7 @@ async fn inspect(State(vms): State<VmTable>, UrlPath((namespace, name)): UrlPath
     match find(&vms, &namespace, &name) {
         Ok(entry) => {
             let config = serde_json::to_value(&entry.config).unwrap_or_default();
-            Json(VmDetail { summary: entry.summary(), config }).into_response()
+            Json(VmDetail { summary: entry.summary(), config, boot: entry.boot.clone() }).into_response()
         }
         Err(response) => *response,
     }

@@ -43,6 +43,12 @@ pub fn make(files: &[DiskFile]) -> io::Result<()> {
     Ok(())
 }
 
+/// A file of the VM's own, born 0600, never through a symlink (a file left
+/// by an earlier attempt is truncated).
+pub(super) fn create_private(path: &Path) -> io::Result<std::fs::File> {
+    create_new(path, true)
+}
+
 /// A new file, 0600, refusing a symlink in its place. `replace`: a file
 /// left by an earlier attempt (the VM's own state directory) is truncated.
 fn create_new(path: &Path, replace: bool) -> io::Result<std::fs::File> {

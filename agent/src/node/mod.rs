@@ -15,6 +15,7 @@
 //! Every log line about a VM carries `namespace`, `vmi` (its name; `name` is
 //! taken by the span's own name in JSON logs) and `uid`.
 
+pub mod boot_disk;
 pub mod cni;
 pub mod decision;
 mod disks;

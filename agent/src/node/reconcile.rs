@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::decision::{self, Observed, Step, AFTER_KILL, POWER_BUTTON_REPEAT};
 use super::report::PhaseChange;
 use super::vms::{Shutdown, VmEntry};
-use super::{disks, translate, vm_network, NodeContext};
+use super::{boot_disk, disks, translate, vm_network, NodeContext};
 use crate::images;
 use crate::vmprocess::cgroup;
 use crate::vmprocess::state_dir::{StateDir, VmIdentity, VmRecord};
@@ -219,6 +219,30 @@ async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Re
         let _ = dir.remove();
         return fail(vmi, "spec.volumes", &format!("cannot prepare the disks: {e}"), ctx).await;
     }
+    // No kernelBoot: the boot disk's own kernel, read off the disk file just made.
+    let (plan, boot) = {
+        let (mut plan, boot_dir, defaults) = (plan, dir.boot(), ctx.config.defaults.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let note = boot_disk::prepare(&mut plan, &boot_dir, &defaults);
+            (plan, note)
+        });
+        match read.await {
+            Ok((plan, Ok(note))) => (plan, note),
+            Ok((_, Err(e))) => {
+                let _ = dir.remove();
+                return fail(vmi, &e.field, &e.message, ctx).await;
+            }
+            Err(e) => {
+                let _ = dir.remove();
+                return fail(vmi, "spec.domain.devices.disks", &format!("reading the boot disk: {e}"), ctx).await;
+            }
+        }
+    };
+    if let Some(note) = &boot {
+        let type_ = if note.warning { EventType::Warning } else { EventType::Normal };
+        tracing::info!(boot = %note.message, "boot kernel chosen from the disk");
+        ctx.reporter.event(vmi, type_, "BootKernel", note.message.clone()).await;
+    }
     if let Err(e) = plan.config.validate() {
         let _ = dir.remove();
         let e = plan.spec_error(&e);
@@ -231,6 +255,7 @@ async fn start(vmi: &VirtualMachineInstance, uid: &str, ctx: &NodeContext) -> Re
         netns: None,
         cgroups: Vec::new(),
         vm_user: Some(ctx.config.vm_user),
+        boot: boot.map(|note| note.message),
         test_hooks: ctx.config.test_vm_hooks,
     };
     if let (Some(cni), Some(interface)) = (&ctx.config.cni, &plan.interface) {

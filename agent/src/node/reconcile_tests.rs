@@ -101,7 +101,15 @@ impl Node {
         let config = serde_json::from_value(json!({"vcpus": 1, "memoryMib": 64, "kernel": "/k"})).unwrap();
         let identity = VmIdentity { namespace: "default".into(), name: vmi.name_any(), uid };
         self.ctx.vms.insert(
-            VmRecord { identity, config, netns: None, cgroups: Vec::new(), vm_user: None, test_hooks: false },
+            VmRecord {
+                identity,
+                config,
+                netns: None,
+                cgroups: Vec::new(),
+                vm_user: None,
+                boot: None,
+                test_hooks: false,
+            },
             dir.clone(),
             Some(4242),
             process,

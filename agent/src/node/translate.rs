@@ -8,6 +8,9 @@
 //! host disk roots. Files kvmlet makes for a VMI get names kvmlet chooses
 //! (`disk-<index>.img`, `disk-<index>.qcow2`, `cidata.iso`), never a name
 //! from the manifest.
+//! A VMI without `firmware.kernelBoot` boots its disk's own kernel: the plan
+//! names the disk (`VmPlan::boot_disk`) and `node::boot_disk` reads it once
+//! the disk file exists.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,9 +84,22 @@ pub struct VmPlan {
     pub files: Vec<DiskFile>,
     /// The pod interface behind `config.nets[0]`, when the VM has a NIC.
     pub interface: Option<PodInterface>,
+    /// The disk whose own kernel boots (no `kernelBoot`); until
+    /// `node::boot_disk::prepare` ran, `config.kernel` is empty.
+    pub boot_disk: Option<BootDisk>,
     /// The VMI field behind each disk, for naming it in errors.
     disk_fields: Vec<String>,
-    kernel_field: &'static str,
+    kernel_field: String,
+}
+
+/// The disk a VMI without `kernelBoot` boots from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootDisk {
+    /// Its index in `spec.domain.devices.disks` and `config.disks`.
+    pub index: usize,
+    pub name: String,
+    /// `spec.domain.devices.disks[i]`.
+    pub field: String,
 }
 
 impl VmPlan {
@@ -92,7 +108,8 @@ impl VmPlan {
         let field = match error {
             ConfigError::Vcpus(_) => "spec.domain.cpu".to_string(),
             ConfigError::MemoryZero | ConfigError::MemoryTooLarge { .. } => "spec.domain.memory".to_string(),
-            ConfigError::KernelUnreadable { .. } | ConfigError::KernelFormat { .. } => self.kernel_field.to_string(),
+            ConfigError::KernelUnreadable { .. } | ConfigError::KernelFormat { .. } => self.kernel_field.clone(),
+            ConfigError::InitrdUnreadable { .. } if self.boot_disk.is_some() => self.kernel_field.clone(),
             ConfigError::InitrdUnreadable { .. } => format!("{}.initrdPath", self.kernel_field),
             ConfigError::Cmdline(_) => "spec.domain.firmware.kernelBoot.kernelArgs".to_string(),
             ConfigError::Serial(_) => "spec.domain.firmware.serial".to_string(),
@@ -139,7 +156,18 @@ pub fn translate(
         Some(uuid) => Uuid::parse_str(uuid).map_err(|e| err("spec.domain.firmware.uuid", format!("{uuid:?}: {e}")))?,
         None => vmi.metadata.uid.as_deref().and_then(|uid| Uuid::parse_str(uid).ok()).unwrap_or_else(Uuid::new_v4),
     };
-    let (kernel, initrd, kernel_field) = kernel(vmi, node)?;
+    let boot_disk = match &firmware.kernel_boot {
+        None => boot_disk_index(vmi).map(|index| BootDisk {
+            index,
+            name: spec.domain.devices.disks[index].name.clone(),
+            field: format!("spec.domain.devices.disks[{index}]"),
+        }),
+        Some(_) => None,
+    };
+    let (kernel, initrd, kernel_field) = match &boot_disk {
+        Some(disk) => (PathBuf::new(), None, disk.field.clone()),
+        None => kernel(vmi, node)?,
+    };
     let cmdline =
         firmware.kernel_boot.as_ref().and_then(|k| k.kernel_args.clone()).unwrap_or_else(|| node.cmdline.clone());
 
@@ -180,7 +208,20 @@ pub fn translate(
         tracing::debug!(interface = interface.name, mac = %net.mac, "pod interface");
     }
     let interface = interface.map(|(interface, _)| interface);
-    Ok(VmPlan { config, files, interface, disk_fields, kernel_field })
+    Ok(VmPlan { config, files, interface, boot_disk, disk_fields, kernel_field })
+}
+
+/// The disk a VMI without `kernelBoot` boots: the lowest `bootOrder` (1 in
+/// KubeVirt's terms), else the first disk that is not the cloud-init seed
+/// (kvmlet writes that one; it holds no kernel). None: no disk to boot.
+fn boot_disk_index(vmi: &VirtualMachineInstance) -> Option<usize> {
+    let disks = &vmi.spec.domain.devices.disks;
+    let ordered = disks.iter().enumerate().filter_map(|(i, d)| Some((d.boot_order?, i))).min();
+    if let Some((_, index)) = ordered {
+        return Some(index);
+    }
+    let seed = |name: &str| vmi.spec.volumes.iter().any(|v| v.name == name && v.cloud_init_no_cloud.is_some());
+    disks.iter().position(|d| !seed(&d.name))
 }
 
 /// The VMI's pod interface and its NIC on the node's pod network: MAC from
@@ -213,10 +254,7 @@ fn nic(vmi: &VirtualMachineInstance, pod: Option<&PodNetwork>) -> Result<Option<
 
 /// The kernel and initrd: from `kernelBoot.container` in the image directory,
 /// else the node's default kernel.
-fn kernel(
-    vmi: &VirtualMachineInstance,
-    node: &NodeDefaults,
-) -> Result<(PathBuf, Option<PathBuf>, &'static str), SpecError> {
+fn kernel(vmi: &VirtualMachineInstance, node: &NodeDefaults) -> Result<(PathBuf, Option<PathBuf>, String), SpecError> {
     const FIELD: &str = "spec.domain.firmware.kernelBoot.container";
     let container =
         vmi.spec.domain.firmware.as_ref().and_then(|f| f.kernel_boot.as_ref()).and_then(|k| k.container.as_ref());
@@ -224,10 +262,11 @@ fn kernel(
         let kernel = node.kernel.clone().ok_or_else(|| {
             err(
                 "spec.domain.firmware.kernelBoot",
-                "the VMI names no kernel and this node has no default kernel (kvmlet agent --default-kernel)",
+                "the VMI names no kernel, has no disk to boot and this node has no default kernel \
+                 (kvmlet agent --default-kernel)",
             )
         })?;
-        return Ok((kernel, node.initrd.clone(), "spec.domain.firmware.kernelBoot"));
+        return Ok((kernel, node.initrd.clone(), "spec.domain.firmware.kernelBoot".into()));
     };
     let root = image_root(&node.image_dir, &container.image).map_err(|e| err(format!("{FIELD}.image"), e))?;
     let in_image = |path: &Option<String>, name: &str| -> Result<Option<PathBuf>, SpecError> {
@@ -236,7 +275,7 @@ fn kernel(
     let kernel = in_image(&container.kernel_path, "kernelPath")?
         .ok_or_else(|| err(format!("{FIELD}.kernelPath"), "required: kvmlet boots the kernel directly"))?;
     let initrd = in_image(&container.initrd_path, "initrdPath")?;
-    Ok((kernel, initrd, "spec.domain.firmware.kernelBoot.container.kernelPath"))
+    Ok((kernel, initrd, "spec.domain.firmware.kernelBoot.container.kernelPath".into()))
 }
 
 /// What a volume's file may depend on.

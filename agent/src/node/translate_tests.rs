@@ -108,8 +108,12 @@ fn each_unsupported_field_is_named() {
             "spec.domain.devices.disks[0].cdrom:",
         ),
         (
-            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "d", "bootOrder": 1}]}}, "volumes": [{"name": "d", "emptyDisk": {"capacity": "1Mi"}}]}),
-            "spec.domain.devices.disks[0].bootOrder:",
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "d", "bootOrder": 0}]}}, "volumes": [{"name": "d", "emptyDisk": {"capacity": "1Mi"}}]}),
+            "spec.domain.devices.disks[0].bootOrder: must have a boot order > 0",
+        ),
+        (
+            json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "d", "bootOrder": 2}, {"name": "e", "bootOrder": 2}]}}, "volumes": [{"name": "d", "emptyDisk": {"capacity": "1Mi"}}, {"name": "e", "emptyDisk": {"capacity": "1Mi"}}]}),
+            "spec.domain.devices.disks[1].bootOrder: Boot order 2 for disk \"e\" already set",
         ),
         (
             json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "d"}]}}}),
@@ -241,7 +245,7 @@ fn disks_follow_the_disk_order_with_their_files() {
 
 #[test]
 fn config_errors_map_back_to_vmi_fields() {
-    let spec = json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "devices": {"disks": [{"name": "a"}, {"name": "b"}]}},
+    let spec = json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "firmware": {"kernelBoot": {}}, "devices": {"disks": [{"name": "a"}, {"name": "b"}]}},
         "volumes": [{"name": "b", "emptyDisk": {"capacity": "1Mi"}}, {"name": "a", "emptyDisk": {"capacity": "1Mi"}}]});
     let plan = plan(spec).unwrap();
     let unreadable = ConfigError::DiskUnreadable {
@@ -253,6 +257,34 @@ fn config_errors_map_back_to_vmi_fields() {
     assert_eq!(plan.spec_error(&ConfigError::Serial("too long".into())).field, "spec.domain.firmware.serial");
     let missing_kernel = plan.config.validate().unwrap_err();
     assert_eq!(plan.spec_error(&missing_kernel).field, "spec.domain.firmware.kernelBoot", "{missing_kernel}");
+}
+
+#[test]
+fn without_kernel_boot_the_boot_disk_is_the_lowest_boot_order_else_the_first_but_the_seed() {
+    let disks = |disks: serde_json::Value, firmware: serde_json::Value| {
+        let all = [
+            json!({"name": "ci", "cloudInitNoCloud": {"userData": "#!/bin/sh\n"}}),
+            json!({"name": "a", "emptyDisk": {"capacity": "1Mi"}}),
+            json!({"name": "b", "emptyDisk": {"capacity": "1Mi"}}),
+        ];
+        let used = |v: &&serde_json::Value| disks.as_array().unwrap().iter().any(|d| d["name"] == v["name"]);
+        let volumes: Vec<serde_json::Value> = all.iter().filter(used).cloned().collect();
+        let spec = json!({"domain": {"resources": {"requests": {"memory": "64M"}}, "firmware": firmware, "devices": {"disks": disks}}, "volumes": volumes});
+        plan(spec).unwrap()
+    };
+    let all = json!([{"name": "ci"}, {"name": "a"}, {"name": "b", "bootOrder": 3}]);
+    let boot = disks(all.clone(), json!({})).boot_disk.unwrap();
+    assert_eq!(boot, BootDisk { index: 2, name: "b".into(), field: "spec.domain.devices.disks[2]".into() });
+    let first = json!([{"name": "ci"}, {"name": "a"}, {"name": "b"}]);
+    let plan = disks(first, json!({}));
+    assert_eq!(plan.boot_disk.as_ref().map(|b| b.index), Some(1), "the seed is never the boot disk");
+    assert_eq!(plan.config.kernel, Path::new(""), "set once the disk is read");
+    let missing = plan.config.validate().unwrap_err();
+    assert_eq!(plan.spec_error(&missing).field, "spec.domain.devices.disks[1]");
+    // kernelBoot (even without a container) keeps the node's kernel; a seed alone boots it too.
+    assert_eq!(disks(all, json!({"kernelBoot": {"kernelArgs": "x"}})).boot_disk, None);
+    let seed_only = disks(json!([{"name": "ci"}]), json!({}));
+    assert_eq!((seed_only.boot_disk, seed_only.config.kernel), (None, "/boot/vmlinuz".into()));
 }
 
 #[test]

@@ -52,6 +52,8 @@ pub struct VmEntry {
     pub cleaned: bool,
     /// The phase last reported for the VMI.
     pub phase: String,
+    /// Which kernel boots and why (`VmRecord::boot`).
+    pub boot: Option<String>,
 }
 
 impl VmEntry {
@@ -206,6 +208,7 @@ impl VmTable {
             shutdown: None,
             cleaned: false,
             phase: String::new(),
+            boot: record.boot,
         };
         self.lock().insert(record.identity.uid, entry);
     }

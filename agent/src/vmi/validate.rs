@@ -51,6 +51,14 @@ pub fn spec(spec: &VirtualMachineInstanceSpec) -> Result<(), SpecError> {
                 format!("Duplicate value: {:?}", disk.name),
             ));
         }
+        if let Some(order) = disk.boot_order {
+            if domain.devices.disks[..index].iter().any(|d| d.boot_order == Some(order)) {
+                return Err(SpecError::new(
+                    format!("spec.domain.devices.disks[{index}].bootOrder"),
+                    format!("Boot order {order} for disk {:?} already set for a different device", disk.name),
+                ));
+            }
+        }
         if !spec.volumes.iter().any(|v| v.name == disk.name) {
             return Err(SpecError::new(
                 format!("spec.domain.devices.disks[{index}].name"),
@@ -100,8 +108,8 @@ pub fn disk_target(disk: &Disk, field: &str) -> Result<bool, SpecError> {
             "cdrom disks are not supported (use disk with bus virtio)",
         ));
     }
-    if disk.boot_order.is_some() {
-        return Err(SpecError::new(format!("{field}.bootOrder"), "not supported: kvmlet boots the kernel directly"));
+    if disk.boot_order == Some(0) {
+        return Err(SpecError::new(format!("{field}.bootOrder"), "must have a boot order > 0, if supplied"));
     }
     let target = disk.disk.clone().unwrap_or_default();
     if let Some(bus) = target.bus.as_deref() {

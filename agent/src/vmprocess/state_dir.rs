@@ -11,6 +11,7 @@
 //! | `exit.json` | VM process, last | [`proto::debug::VmExit`] |
 //! | `vmm.log` | VM process (stderr) | its own log |
 //! | `disks/` | agent | seed image, empty disks, container disk overlays |
+//! | `boot/` | agent | `kernel` and `initrd` copied out of the boot disk (no `kernelBoot`) |
 
 use std::fs::File;
 use std::io;
@@ -50,6 +51,10 @@ pub struct VmRecord {
     /// written before the jail existed: the agent always sets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_user: Option<vmm::jail::VmUser>,
+    /// Which kernel boots and why, when the node chose it from the VMI's
+    /// boot disk (`node::boot_disk`): `kvmlet inspect` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<String>,
     /// Answer `testJail` control requests (the agent's hidden `--test-vm-hooks`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub test_hooks: bool,
@@ -106,6 +111,10 @@ impl StateDir {
     }
     pub fn disks(&self) -> PathBuf {
         self.path.join("disks")
+    }
+    /// Where a boot disk's own kernel and initrd are copied.
+    pub fn boot(&self) -> PathBuf {
+        self.path.join("boot")
     }
 
     pub fn read_record(&self) -> io::Result<VmRecord> {

@@ -183,5 +183,27 @@ impl DiskImage {
     }
 }
 
+/// A boot disk's kernel is read through the image format, so a qcow2
+/// container disk (on its overlay) boots as a raw one does.
+impl crate::bootdisk::DiskRead for DiskImage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let len = crate::bootdisk::DiskRead::len(self);
+        let end = offset.checked_add(buf.len() as u64).filter(|end| *end <= len);
+        if end.is_none() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the disk"));
+        }
+        match self {
+            DiskImage::Raw(file) => file.read_exact_at(buf, offset),
+            DiskImage::Qcow2(image) => image.read(&[vm_memory::VolatileSlice::from(buf)], offset),
+        }
+    }
+    fn len(&self) -> u64 {
+        match self {
+            DiskImage::Raw(file) => file.metadata().map(|m| m.len()).unwrap_or(0),
+            DiskImage::Qcow2(image) => image.size(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -106,13 +106,24 @@ fn memory_once(vmm: &dyn Vmm, image: &Path) -> (u64, u64) {
         assert!(n > 0, "{} exited before the probe spun", vmm.name());
         console.extend_from_slice(&buf[..n]);
     }
-    let pid = child.id();
+    let pid = guest_runner(child.id());
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let hwm = status_kib(&status, "VmHWM:");
     let guest = guest_ram_resident_kib(pid);
     child.kill().unwrap();
     child.wait().unwrap();
     (hwm, guest)
+}
+
+/// The process running the guest: a jailed `kvmlet run`'s only child (the
+/// VM process, in its own PID namespace), else the process itself.
+fn guest_runner(pid: u32) -> u32 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children: Vec<u32> = children.split_whitespace().filter_map(|c| c.parse().ok()).collect();
+    match children[..] {
+        [only] => only,
+        _ => pid,
+    }
 }
 
 fn status_kib(status: &str, key: &str) -> u64 {
@@ -153,20 +164,34 @@ struct Figures {
     guest_kib: u64,
 }
 
-fn measure(vmm: &dyn Vmm, image: &Path, runs: usize) -> Figures {
-    boot_once(vmm, image); // warm the page cache
-    let times: Vec<BootTimes> = (0..runs).map(|_| boot_once(vmm, image)).collect();
-    let mut first: Vec<Duration> = times.iter().map(|t| t.first_byte).collect();
-    let mut exit: Vec<Duration> = times.iter().map(|t| t.exit).collect();
-    let (peak_rss_kib, guest_kib) = memory_once(vmm, image);
-    Figures {
-        first_byte_p50: percentile(&mut first, 0.5),
-        first_byte_p90: percentile(&mut first, 0.9),
-        exit_p50: percentile(&mut exit, 0.5),
-        exit_p90: percentile(&mut exit, 0.9),
-        peak_rss_kib,
-        guest_kib,
+/// Boots each VMM `runs` times, taking turns round by round, so that a
+/// change in the machine's load reaches every column alike.
+fn measure(vmms: &[Box<dyn Vmm>], image: &Path, runs: usize) -> Vec<Figures> {
+    for vmm in vmms {
+        boot_once(vmm.as_ref(), image); // warm the page cache
     }
+    let mut times: Vec<Vec<BootTimes>> = vmms.iter().map(|_| Vec::with_capacity(runs)).collect();
+    for _ in 0..runs {
+        for (vmm, times) in vmms.iter().zip(&mut times) {
+            times.push(boot_once(vmm.as_ref(), image));
+        }
+    }
+    vmms.iter()
+        .zip(times)
+        .map(|(vmm, times)| {
+            let mut first: Vec<Duration> = times.iter().map(|t| t.first_byte).collect();
+            let mut exit: Vec<Duration> = times.iter().map(|t| t.exit).collect();
+            let (peak_rss_kib, guest_kib) = memory_once(vmm.as_ref(), image);
+            Figures {
+                first_byte_p50: percentile(&mut first, 0.5),
+                first_byte_p90: percentile(&mut first, 0.9),
+                exit_p50: percentile(&mut exit, 0.5),
+                exit_p90: percentile(&mut exit, 0.9),
+                peak_rss_kib,
+                guest_kib,
+            }
+        })
+        .collect()
 }
 
 fn mib(kib: u64) -> String {
@@ -181,7 +206,7 @@ fn main() {
         Box::new(Kvmlet { binary: release_kvmlet(), jailed: true }),
         Box::new(QemuMicrovm(require_tool("qemu-system-x86_64", "qemu-system-x86"))),
     ];
-    let figures: Vec<Figures> = vmms.iter().map(|vmm| measure(vmm.as_ref(), image, runs)).collect();
+    let figures = measure(&vmms, image, runs);
 
     println!("\nboot benchmark: probe guest {} ({runs} runs each, 1 vCPU, {MEMORY_MIB} MiB)", image.display());
     print!("{:<44}", "");

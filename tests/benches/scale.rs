@@ -37,6 +37,16 @@ fn vm_pids(run_dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Each VM process's supervisor (its parent, outside its PID namespace):
+/// its memory and wake-ups are the VM's too.
+fn supervisors(pids: &[u32]) -> Vec<u32> {
+    let parent = |pid: &u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("PPid:"))?.trim().parse().ok()
+    };
+    pids.iter().filter_map(parent).collect()
+}
+
 /// (busy, total) jiffies of all CPUs, from /proc/stat's first line.
 fn cpu_jiffies() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
@@ -116,6 +126,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pids = vm_pids(&dir.path().join("run"));
     assert_eq!(pids.len(), n, "one VM process per VMI");
+    let pids = [supervisors(&pids), pids].concat();
     let (busy0, total0) = cpu_jiffies();
     let switches0 = context_switches(&pids);
     tokio::time::sleep(idle_window).await;
@@ -150,7 +161,11 @@ async fn main() {
     println!("| all {n} Running after | {} |", ms(all_running));
     println!("| idle host CPU over {} s | {cpu_percent:.1} % |", idle_window.as_secs());
     println!("| context switches per VM per second (idle) | {switches_per_vm_s:.2} |");
-    println!("| VM processes' private memory, sum / per VM | {} / {} |", mib(private), mib(private / n as u64));
+    println!(
+        "| VM processes' private memory (with their supervisors), sum / per VM | {} / {} |",
+        mib(private),
+        mib(private / n as u64)
+    );
     println!("| agent RSS (API + controller + node loop) | {} |", mib(agent_rss));
     println!("| delete all {n} → all gone | {} |", ms(all_gone));
 }

@@ -64,6 +64,15 @@ pub fn run_probe_until(args: &[&str], marker: &str) -> (Child, BufReader<ChildSt
     (child, stdout)
 }
 
+/// The VM process of a jailed `kvmlet run` with process id `run`: its only
+/// child, pid 1 of its own PID namespace (`run` stays outside as its supervisor).
+pub fn jailed_vm_process(run: u32) -> u32 {
+    let list = std::fs::read_to_string(format!("/proc/{run}/task/{run}/children")).expect("read the children");
+    let children: Vec<u32> = list.split_whitespace().map(|p| p.parse().expect("a pid")).collect();
+    assert_eq!(children.len(), 1, "kvmlet run {run} supervises one VM process: {children:?}");
+    children[0]
+}
+
 /// Paths of the probe guest images built by `tests/probe/build`.
 pub struct ProbeImages {
     /// Linux boot-protocol image (the build script's last line).

@@ -59,13 +59,13 @@ fn discard_and_write_zeroes_floods_are_refused_without_growing_the_vm_process() 
         match lines.recv_timeout(HANG_GUARD) {
             Ok(line) => console.extend([line.as_str(), "\n"]),
             Err(_) => {
-                let peak_kib = peak_rss_kib(child.id());
+                let peak_kib = peak_rss_kib(e2e::jailed_vm_process(child.id()));
                 let _ = child.kill();
                 panic!("the probe never waited for the power button (VM process peak {peak_kib} KiB):\n{console}");
             }
         }
     }
-    let peak_kib = peak_rss_kib(child.id());
+    let peak_kib = peak_rss_kib(e2e::jailed_vm_process(child.id()));
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0), "the guest powered off at the button");
 

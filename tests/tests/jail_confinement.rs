@@ -1,5 +1,5 @@
-//! The VM process's jail beyond seccomp (`vmm::jail`): its own mount, IPC,
-//! UTS and network namespaces with an empty read-only root, an unprivileged
+//! The VM process's jail beyond seccomp (`vmm::jail`): its own PID (pid 1
+//! there, under a supervisor outside), mount, IPC, UTS and network namespaces with an empty read-only root, an unprivileged
 //! uid/gid without capabilities, and Landlock; checked from outside through
 //! /proc and from inside through the test hooks, for `kvmlet run` and for the
 //! node loop.
@@ -23,8 +23,8 @@ fn status_field(pid: u32, name: &str) -> String {
 }
 
 /// The process runs as 107:107 with no groups, no capabilities at all,
-/// no-new-privs and a seccomp filter; it has its own mount, IPC, UTS and
-/// network namespaces (not `reference`'s); its root is empty.
+/// no-new-privs and a seccomp filter; it has its own PID, mount, IPC, UTS
+/// and network namespaces (not `reference`'s), being pid 1 in its own; its root is empty.
 fn assert_jailed(pid: u32, reference: u32) {
     assert_eq!(status_field(pid, "Uid"), "107\t107\t107\t107");
     assert_eq!(status_field(pid, "Gid"), "107\t107\t107\t107");
@@ -34,7 +34,8 @@ fn assert_jailed(pid: u32, reference: u32) {
     }
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     assert_eq!(status_field(pid, "Seccomp"), "2");
-    for ns in ["mnt", "ipc", "uts", "net"] {
+    assert_eq!(status_field(pid, "NSpid"), format!("{pid}\t1"), "pid 1 of a PID namespace of its own");
+    for ns in ["pid", "mnt", "ipc", "uts", "net"] {
         let of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
         assert_ne!(of(pid), of(reference), "{ns} namespace");
     }
@@ -45,9 +46,25 @@ fn assert_jailed(pid: u32, reference: u32) {
 #[test]
 fn kvmlet_run_jails_the_vm_and_the_guest_still_powers_off() {
     let (mut child, _console) = e2e::run_probe_until(&["--cmdline", "probe.action=wait"], "waiting for power button");
-    assert_jailed(child.id(), std::process::id());
+    assert_jailed(e2e::jailed_vm_process(child.id()), std::process::id());
+    // A signal sent to kvmlet run reaches the VM (the power button).
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0), "the guest powered off through the power button");
+}
+
+#[test]
+fn the_vm_process_dies_with_its_supervisor() {
+    let (mut child, _console) = e2e::run_probe_until(&["--cmdline", "probe.action=spin"], "action=spin");
+    let vm = e2e::jailed_vm_process(child.id());
+    // Its parent-death signal survives the change to uid 107.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let gone = (0..500).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let status = std::fs::read_to_string(format!("/proc/{vm}/status")).unwrap_or_default();
+        status.is_empty() || status.contains("State:\tZ")
+    });
+    assert!(gone, "the VM process {vm} outlived its killed supervisor");
 }
 
 /// `kvmlet run --test-jail-check CHECK` with extra flags: its stderr line.
@@ -115,6 +132,10 @@ async fn the_node_loop_runs_its_vm_process_jailed() {
     let uid = running.metadata.uid.unwrap();
     let pid = ps_entry(&server, "jailed").unwrap()["pid"].as_u64().unwrap() as u32;
     assert_jailed(pid, server.pid());
+    // Its parent is the process the agent spawned, left outside as supervisor.
+    let supervisor: u32 = status_field(pid, "PPid").parse().unwrap();
+    let command = std::fs::read(format!("/proc/{supervisor}/cmdline")).unwrap();
+    assert!(String::from_utf8_lossy(&command).contains("vm-process"), "{command:?}");
 
     let answer = control(&server, &uid, r#"{"op":"testJail","check":"open"}"#);
     let outcome = answer["error"].as_str().unwrap();
@@ -130,6 +151,12 @@ async fn the_node_loop_runs_its_vm_process_jailed() {
     let status = failed.status.unwrap();
     let reason = format!("{:?} {:?}", status.reason, status.conditions);
     assert!(reason.contains("seccomp refused syscall connect"), "{reason}");
+    // The supervisor went with its VM (and was reaped).
+    let gone = (0..500).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        !std::path::Path::new(&format!("/proc/{supervisor}")).exists()
+    });
+    assert!(gone, "the supervisor {supervisor} outlived its VM process");
 }
 
 #[tokio::test]

@@ -50,7 +50,7 @@ fn start_run(extra: &[&str]) -> (Child, BufReader<ChildStdout>) {
 #[test]
 fn kvmlet_run_filters_every_thread_and_the_guest_still_powers_off() {
     let (mut child, _stdout) = start_run(&[]);
-    assert_every_thread_filtered(child.id());
+    assert_every_thread_filtered(e2e::jailed_vm_process(child.id()));
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0), "the guest powered off through the power button");
 }
@@ -79,7 +79,7 @@ fn log_mode_lets_the_forbidden_syscall_through() {
 #[test]
 fn seccomp_off_installs_no_filter() {
     let (mut child, _stdout) = start_run(&["--seccomp", "off"]);
-    let threads = thread_confinement(child.id());
+    let threads = thread_confinement(e2e::jailed_vm_process(child.id()));
     assert!(threads.iter().all(|(_, mode, ..)| mode == "0"), "{threads:?}");
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));

@@ -56,6 +56,12 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
     signals.thread_block()?;
+    let jailed = !args.no_jail && nix::unistd::geteuid().is_root();
+    if jailed {
+        // The VM runs on as pid 1 of its own PID namespace; this process
+        // stays outside, passes Ctrl-C and SIGTERM on and exits as it does.
+        vmm::jail::pid_namespace::enter(signals)?;
+    }
 
     seccomp::configure(args.seccomp)?;
     let mut prepared = args.vm.prepare()?;
@@ -66,7 +72,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let files = HostFiles::open(&prepared.config)?;
     // Opened: the seed's temporary file can go before the jail hides it.
     let config = prepared.into_config();
-    if args.no_jail || !nix::unistd::geteuid().is_root() {
+    if !jailed {
         tracing::info!("running without the VM jail");
     } else {
         // Its own empty network namespace too: a tap is already open.

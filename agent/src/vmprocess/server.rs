@@ -91,7 +91,13 @@ pub fn run(dir: &StateDir) -> Result<VmExit, VmProcessError> {
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|errno| netns_error(io::Error::from(errno)))?;
     }
-    let pid = std::process::id();
+    // Its own PID namespace before anything else is opened or started: the
+    // process the agent spawned stays outside as the VM's supervisor, the
+    // VM runs on as pid 1 inside, known to the node by its host pid.
+    let pid = match record.vm_user {
+        Some(_) => vmm::jail::pid_namespace::enter(nix::sys::signal::SigSet::empty())?,
+        None => std::process::id(),
+    };
     std::fs::write(dir.pid(), format!("{pid}\n")).map_err(fail)?;
     let exit_record = dir.create_exit_record().map_err(fail)?;
 

@@ -167,21 +167,11 @@ const BLOCK_WORKER: &[i64] = &[
 const NET_WORKER: &[i64] = &[libc::SYS_sendto, libc::SYS_recvfrom, libc::SYS_sendmsg, libc::SYS_recvmsg];
 
 /// A vCPU emulates devices on its exits: block and net activation (tap
-/// offloads), flushes, and the serial port's coalescing zone. A block worker
-/// is started by the vCPU that activates its device and keeps the vCPU's
-/// filter under its own, so the vCPU's list holds the block worker's too.
-const VCPU: &[i64] = &[
-    libc::SYS_eventfd2,
-    libc::SYS_fcntl,
-    libc::SYS_fsync,
-    libc::SYS_fdatasync,
-    libc::SYS_pread64,
-    libc::SYS_pwrite64,
-    libc::SYS_preadv,
-    libc::SYS_pwritev,
-    libc::SYS_fallocate,
-    libc::SYS_ftruncate,
-];
+/// offloads), flushes, and the serial port's coalescing zone. The block and
+/// net workers are started by the vCPU that activates their device and keep
+/// its filter under their own, so the vCPU is also allowed what they make
+/// (`allowed` adds their lists).
+const VCPU: &[i64] = &[libc::SYS_eventfd2, libc::SYS_fcntl, libc::SYS_fsync, libc::SYS_fdatasync];
 
 /// The ioctl requests a thread kind may make, on any descriptor.
 fn ioctls(kind: ThreadKind) -> Vec<u64> {
@@ -207,14 +197,15 @@ fn ioctls(kind: ThreadKind) -> Vec<u64> {
 
 /// Syscall number → the rules under which it is allowed (empty: always).
 pub(super) fn allowed(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
-    let extra = match kind {
-        ThreadKind::Control => CONTROL,
-        ThreadKind::Vcpu => VCPU,
+    let extra: &[&[i64]] = match kind {
+        ThreadKind::Control => &[CONTROL],
+        ThreadKind::Vcpu => &[VCPU, BLOCK_WORKER, NET_WORKER],
         ThreadKind::Serial => &[],
-        ThreadKind::BlockWorker => BLOCK_WORKER,
-        ThreadKind::NetWorker => NET_WORKER,
+        ThreadKind::BlockWorker => &[BLOCK_WORKER],
+        ThreadKind::NetWorker => &[NET_WORKER],
     };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON.iter().chain(extra).map(|&nr| (nr, vec![])).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        COMMON.iter().chain(extra.iter().copied().flatten()).map(|&nr| (nr, vec![])).collect();
     let requests = ioctls(kind);
     if !requests.is_empty() {
         let by_request = requests
@@ -253,13 +244,15 @@ mod tests {
         }
     }
 
-    /// Filters stack: a block worker, started on a vCPU, can make only the
-    /// syscalls both lists allow.
+    /// Filters stack: a block or net worker, started on a vCPU, can make
+    /// only the syscalls both lists allow.
     #[test]
-    fn the_vcpu_list_holds_the_block_workers() {
+    fn the_vcpu_list_holds_the_workers_it_starts() {
         let vcpu = allowed(ThreadKind::Vcpu).unwrap();
-        for nr in allowed(ThreadKind::BlockWorker).unwrap().keys() {
-            assert!(vcpu.contains_key(nr), "the block worker allows syscall {nr}, which its vCPU does not");
+        for kind in [ThreadKind::BlockWorker, ThreadKind::NetWorker] {
+            for nr in allowed(kind).unwrap().keys() {
+                assert!(vcpu.contains_key(nr), "{kind:?} allows syscall {nr}, which its vCPU does not");
+            }
         }
     }
 

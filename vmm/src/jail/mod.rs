@@ -3,7 +3,9 @@
 //! file it needs (`HostFiles`, its control socket, its logs) and before any
 //! guest code runs.
 //!
-//! In order: new mount, IPC and UTS namespaces (and a new, empty network
+//! First, while the process is still single-threaded, its own PID namespace
+//! (`pid_namespace`: a fork, the VM running as pid 1). Then, once it holds
+//! its files: new mount, IPC and UTS namespaces (and a new, empty network
 //! namespace unless the node gave the VM one), with `pivot_root` into an empty
 //! read-only tmpfs, so no host path is left to open; an unprivileged uid/gid
 //! with no supplementary groups, no capabilities (the bounding set emptied)
@@ -11,8 +13,10 @@
 //! filesystem access, TCP bind/connect, abstract UNIX sockets and signals
 //! outside the jail refused. Seccomp comes last, per thread (`seccomp`).
 //!
-//! Not yet: a PID namespace (it needs a fork, the VM process being pid 1 of
-//! its own), and cgroup limits (the agent's `--cgroup-parent` only places it).
+//! The cgroup limits are the agent's (`agent/src/vmprocess/cgroup.rs`): the
+//! process enters its cgroups before any of this.
+
+pub mod pid_namespace;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -112,6 +116,8 @@ fn step(step: &'static str) -> impl FnOnce(nix::Error) -> JailError {
 pub fn enter(config: &JailConfig) -> Result<LandlockLevel, JailError> {
     enter_namespaces(config)?;
     drop_identity(config.user)?;
+    // Changing the uid cleared the parent-death signal: armed again.
+    pid_namespace::die_with_supervisor()?;
     restrict_with_landlock()
 }
 

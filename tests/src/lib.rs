@@ -7,6 +7,7 @@ use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub mod bench;
+pub mod boot_disk;
 pub mod linux;
 pub mod node;
 pub mod registry;

@@ -4,78 +4,16 @@
 //! `kvmlet run --boot-from-disk` and through the node loop (a containerDisk
 //! VMI without kernelBoot).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use e2e::boot_disk::disk;
 use e2e::node::*;
 use e2e::standalone::{Standalone, NODE_NAME};
-use e2e::{kvmlet_bin, probe, probe_lines, probe_value, require_tool};
+use e2e::{kvmlet_bin, probe, probe_lines, probe_value};
 use kube::api::{Api, DeleteParams};
 use proto::kubevirt::{VirtualMachineInstance, VirtualMachineInstancePhase as Phase};
 use serde_json::json;
-
-const ROOT_UUID: &str = "6b1d3c52-8a0e-4f7d-9c2b-1e5a7f3d9b40";
-
-fn run(command: &mut Command) {
-    let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Lays out `files` (path, contents) under `dir`, the probe kernel where a content is `PROBE`.
-fn tree(dir: &Path, files: &[(&str, &str)]) {
-    for (path, contents) in files {
-        let path = dir.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        match *contents {
-            "PROBE" => std::fs::copy(&probe().bzimage, &path).map(drop).unwrap(),
-            text => std::fs::write(&path, text).unwrap(),
-        }
-    }
-}
-
-/// A disk of 48 MiB: partition 1 (from sector 2048, 16 MiB) holds `files`
-/// in ext4 (or FAT for `esp`), partition 2 an empty ext4 "root". `gpt`: sgdisk, else sfdisk.
-fn disk(work: &Path, name: &str, gpt: bool, esp: bool, files: &[(&str, &str)]) -> PathBuf {
-    let content = tempfile::tempdir_in(work).unwrap();
-    tree(content.path(), files);
-    let part1 = work.join("part1.img");
-    let _ = std::fs::remove_file(&part1);
-    if esp {
-        run(Command::new(require_tool("mkfs.fat", "dosfstools")).arg("-C").arg(&part1).arg("16384"));
-        for entry in std::fs::read_dir(content.path()).unwrap() {
-            let entry = entry.unwrap().path();
-            run(Command::new(require_tool("mcopy", "mtools")).args(["-s", "-i"]).arg(&part1).arg(&entry).arg("::/"));
-        }
-    } else {
-        let mkfs = require_tool("mkfs.ext4", "e2fsprogs");
-        run(Command::new(&mkfs).args(["-q", "-F", "-U", ROOT_UUID, "-d"]).arg(content.path()).arg(&part1).arg("16M"));
-    }
-    let part2 = work.join("part2.img");
-    run(Command::new(require_tool("mkfs.ext4", "e2fsprogs")).args(["-q", "-F"]).arg(&part2).arg("16M"));
-    let path = work.join(format!("{name}.img"));
-    std::fs::File::create(&path).unwrap().set_len(48 << 20).unwrap();
-    if gpt {
-        let kind = if esp { "ef00" } else { "8300" };
-        let args = format!("-n 1:2048:+16M -t 1:{kind} -n 2:0:+16M -t 2:8300");
-        run(Command::new(require_tool("sgdisk", "gdisk")).args(args.split(' ')).arg(&path));
-    } else {
-        let table = "label: dos\nstart=2048, size=32768, type=83\nstart=34816, size=32768, type=83\n";
-        let mut sfdisk = Command::new(require_tool("sfdisk", "fdisk"))
-            .args(["--no-reread", "--no-tell-kernel", "-q"])
-            .arg(&path)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut sfdisk.stdin.take().unwrap(), table.as_bytes()).unwrap();
-        assert!(sfdisk.wait().unwrap().success());
-    }
-    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    for (sector, image) in [(2048u64, &part1), (2048 + 32768, &part2)] {
-        std::os::unix::fs::FileExt::write_all_at(&file, &std::fs::read(image).unwrap(), sector * 512).unwrap();
-    }
-    path
-}
 
 const GRUB_CFG: &str = "\
 set default=\"1\"

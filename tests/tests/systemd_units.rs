@@ -205,6 +205,7 @@ fn agent_env_example_documents_every_variable() {
         "KVMLET_HEARTBEAT_INTERVAL",
         "KVMLET_VM_USER",
         "KVMLET_HEALTH_LISTEN",
+        "KVMLET_MAX_IMAGE_SIZE",
     ] {
         assert!(keys.iter().any(|k| k == key), "agent.env does not document {key}: {keys:?}");
     }

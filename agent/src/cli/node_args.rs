@@ -90,6 +90,13 @@ pub struct NodeArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// The most one pulled image may unpack to, a quantity such as 64Gi: its
+    /// layers' uncompressed bytes and the files written, summed over all
+    /// layers. A larger image (or a compression bomb) fails its pull, naming
+    /// this limit, instead of filling --image-dir.
+    #[arg(long, value_name = "QUANTITY", env = "KVMLET_MAX_IMAGE_SIZE", default_value = "64Gi",
+          value_parser = parse_image_size)]
+    pub max_image_size: u64,
     /// The network each VM gets: `masquerade` (KubeVirt's default: a NIC on
     /// the pod network through the node's CNI plugins, in a namespace of its
     /// own), `none` (VMIs that name no network run without a NIC), or
@@ -127,6 +134,15 @@ fn parse_gate(gate: &str) -> Result<String, String> {
     }
 }
 
+/// Bytes in a quantity; at least 1 MiB.
+fn parse_image_size(quantity: &str) -> Result<u64, String> {
+    match crate::vmi::quantity::bytes(quantity) {
+        Ok(bytes) if bytes < 1 << 20 => Err("must be at least 1Mi".into()),
+        Ok(bytes) => Ok(bytes),
+        Err(e) => Err(format!("{e} (e.g. 64Gi, 500Gi)")),
+    }
+}
+
 /// MiB in a memory quantity; at least 1 MiB.
 fn parse_memory_capacity(quantity: &str) -> Result<u64, String> {
     match crate::vmi::quantity::capacity_mib(quantity) {
@@ -158,6 +174,10 @@ impl NodeArgs {
         };
         Ok(NodeConfig {
             registry,
+            image_limits: crate::images::unpack::Limits {
+                max_bytes: self.max_image_size,
+                max_entries: crate::images::unpack::MAX_IMAGE_ENTRIES,
+            },
             node_name,
             run_dir: self.run_dir.clone(),
             defaults: NodeDefaults {
@@ -265,6 +285,19 @@ mod tests {
         assert!(plain.to_string().contains("--insecure-registry 127.0.0.1:5000"), "{plain}");
         let bad = parse(&["--registry-mirror", "docker.io"]).unwrap_err().to_string();
         assert!(bad.contains("REGISTRY=URL"), "{bad}");
+    }
+
+    #[test]
+    fn max_image_size_is_a_quantity_with_a_64gi_default() {
+        let limits = |args: &[&str]| parse(args).map(|a| a.config().unwrap().image_limits);
+        let default = limits(&[]).unwrap();
+        assert_eq!(default, crate::images::unpack::Limits::default());
+        assert_eq!(default.max_bytes, 64 << 30);
+        assert_eq!(limits(&["--max-image-size", "2Gi"]).unwrap().max_bytes, 2 << 30);
+        assert_eq!(limits(&["--max-image-size", "10G"]).unwrap().max_bytes, 10_000_000_000);
+        let tiny = limits(&["--max-image-size", "1k"]).unwrap_err().to_string();
+        assert!(tiny.contains("at least 1Mi"), "{tiny}");
+        assert!(limits(&["--max-image-size", "lots"]).is_err());
     }
 
     #[test]

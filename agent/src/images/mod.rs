@@ -121,6 +121,7 @@ enum PullState {
 pub struct Images {
     store: Store,
     registry: RegistryConfig,
+    limits: unpack::Limits,
     image_dir: PathBuf,
     client: kube::Client,
     poke: UnboundedSender<ObjectRef<VirtualMachineInstance>>,
@@ -136,13 +137,14 @@ impl Images {
     pub fn new(
         image_dir: PathBuf,
         registry: RegistryConfig,
+        limits: unpack::Limits,
         client: kube::Client,
         poke: UnboundedSender<ObjectRef<VirtualMachineInstance>>,
     ) -> std::io::Result<Images> {
         // reqwest is built without a TLS provider of its own: use ring, as the rest of kvmlet.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let store = Store::open(&image_dir)?;
-        Ok(Images { store, registry, image_dir, client, poke, pulls: Arc::default() })
+        Ok(Images { store, registry, limits, image_dir, client, poke, pulls: Arc::default() })
     }
 
     fn pulls(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), PullState>> {
@@ -292,7 +294,7 @@ impl Images {
             let started = Instant::now();
             tracing::info!(%image, "pulling image");
             let result = match this.credentials(&namespace, secret.as_deref()).await {
-                Ok(credentials) => registry::pull(&this.store, &this.registry, &image, &credentials)
+                Ok(credentials) => registry::pull(&this.store, &this.registry, this.limits, &image, &credentials)
                     .await
                     .map_err(|e| crate::errors::with_causes(&e)),
                 Err(e) => Err(e),

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::reference::{ImageRef, RegistryConfig, DOCKER_HUB};
 use super::store::{ImageRecord, Store};
-use super::unpack::{self, UnpackError};
+use super::unpack::{self, Budget, Limits, UnpackError};
 
 /// Largest compressed layer a registry may send (a bound on hostile registries).
 const MAX_LAYER_BYTES: i64 = 64 << 30;
@@ -101,10 +101,12 @@ impl DockerConfig {
     }
 }
 
-/// Pulls `image` into `store` and points its reference at it.
+/// Pulls `image` into `store` and points its reference at it; its layers
+/// may unpack to no more than `limits`.
 pub async fn pull(
     store: &Store,
     config: &RegistryConfig,
+    limits: Limits,
     image: &ImageRef,
     credentials: &DockerConfig,
 ) -> Result<ImageRecord, PullError> {
@@ -162,21 +164,16 @@ pub async fn pull(
     let tree = store.unpacked_path(&digest).map_err(PullError::Store)?;
     let _lock = store.lock(&digest).await.map_err(PullError::Store)?;
     if !tree.is_dir() {
-        let temp = store.temp_path("unpack");
         let blobs: Vec<(String, std::path::PathBuf)> = record
             .layers
             .iter()
             .map(|d| Ok((d.clone(), store.blob_path(d)?)))
             .collect::<std::io::Result<_>>()
             .map_err(PullError::Store)?;
-        let root = temp.clone();
-        let unpacked = tokio::task::spawn_blocking(move || unpack_all(&root, &blobs))
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || unpack_image(&store, &tree, &blobs, limits))
             .await
-            .map_err(|e| PullError::Store(std::io::Error::other(e)))?;
-        if let Err(e) = unpacked.and_then(|()| std::fs::rename(&temp, &tree).map_err(PullError::Store)) {
-            let _ = std::fs::remove_dir_all(&temp);
-            return Err(e);
-        }
+            .map_err(|e| PullError::Store(std::io::Error::other(e)))??;
     }
     store.set_ref(image, &record).map_err(PullError::Store)?;
     Ok(record)
@@ -221,11 +218,29 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<W> {
     }
 }
 
-fn unpack_all(root: &Path, blobs: &[(String, std::path::PathBuf)]) -> Result<(), PullError> {
+/// Unpacks `blobs` (bottom layer first) under the store's `tmp/` and renames
+/// the tree to `tree` when complete; on failure nothing is left.
+fn unpack_image(
+    store: &Store,
+    tree: &Path,
+    blobs: &[(String, std::path::PathBuf)],
+    limits: Limits,
+) -> Result<(), PullError> {
+    let temp = store.temp_path("unpack");
+    let unpacked =
+        unpack_all(&temp, blobs, limits).and_then(|()| std::fs::rename(&temp, tree).map_err(PullError::Store));
+    if unpacked.is_err() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    unpacked
+}
+
+fn unpack_all(root: &Path, blobs: &[(String, std::path::PathBuf)], limits: Limits) -> Result<(), PullError> {
     std::fs::create_dir(root).map_err(PullError::Store)?;
+    let mut budget = Budget::new(limits);
     for (digest, blob) in blobs {
         let unpack_error = |source| PullError::Unpack { digest: digest.clone(), source };
-        unpack::apply_layer(blob, root).map_err(unpack_error)?;
+        unpack::apply_layer(blob, root, &mut budget).map_err(unpack_error)?;
     }
     unpack::check_links(root).map_err(|source| PullError::Unpack { digest: "(all layers)".into(), source })
 }
@@ -242,6 +257,37 @@ mod tests {
         let error = writer.write_all(b"e").await.unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
         assert_eq!(writer.inner, b"abcd");
+    }
+
+    #[test]
+    fn an_image_over_the_size_limit_leaves_nothing_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layer = |name: &str, len: usize, digit: char| {
+            let mut builder = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_gnu();
+            header.set_size(len as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, &vec![0u8; len][..]).unwrap();
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            std::io::Write::write_all(&mut gz, &builder.into_inner().unwrap()).unwrap();
+            let path = dir.path().join(name.replace('/', "-"));
+            std::fs::write(&path, gz.finish().unwrap()).unwrap();
+            (format!("sha256:{}", digit.to_string().repeat(64)), path)
+        };
+        let limits = Limits { max_bytes: 4 << 20, max_entries: 10 };
+        // Two layers of 3 MiB: each fits, together they do not.
+        let blobs = [layer("disk/a.img", 3 << 20, 'a'), layer("disk/b.img", 3 << 20, 'c')];
+        let tree = store.unpacked_path(&format!("sha256:{}", "b".repeat(64))).unwrap();
+        let error = unpack_image(&store, &tree, &blobs, limits).unwrap_err();
+        let message = crate::errors::with_causes(&error);
+        assert!(message.contains("unpacks to more than 4 MiB (the node's limit, --max-image-size)"), "{message}");
+        assert!(!tree.exists());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "nothing left in tmp/");
+
+        unpack_image(&store, &tree, &blobs[..1], limits).unwrap();
+        assert_eq!(std::fs::metadata(tree.join("disk/a.img")).unwrap().len(), 3 << 20);
     }
 
     #[test]

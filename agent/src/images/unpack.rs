@@ -6,21 +6,116 @@
 //! hard links that point outside the tree, device nodes and FIFOs are refused;
 //! whiteouts (`.wh.NAME`, `.wh..wh..opq`) delete what lower layers made.
 //! Modes keep only the permission bits (no setuid); owners are not copied.
+//!
+//! What one image may unpack to is bounded ([`Limits`]): the bytes of its
+//! layers' uncompressed tar streams, the bytes written into files, and the
+//! number of entries, each summed over all layers. A gzip or zstd bomb stops
+//! when the bound is reached, not when the disk is full.
 
+use std::cell::Cell;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use tar::EntryType;
 
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 
+/// The node's default for `--max-image-size`: as large as the largest layer
+/// a registry may send (64 GiB), far above any containerDisk.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 64 << 30;
+
+/// The most entries (files, directories, links, whiteouts) one image may hold.
+pub const MAX_IMAGE_ENTRIES: u64 = 1 << 20;
+
+/// Bounds on what one image may unpack to, over all its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes: of the uncompressed layer streams, and of the files written (`--max-image-size`).
+    pub max_bytes: u64,
+    /// Tar entries.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_bytes: DEFAULT_MAX_IMAGE_BYTES, max_entries: MAX_IMAGE_ENTRIES }
+    }
+}
+
+/// What the layers of one image used of its [`Limits`] so far.
+#[derive(Debug)]
+pub struct Budget {
+    limits: Limits,
+    /// Uncompressed stream bytes read, shared with the reader that counts them.
+    read: Rc<Cell<u64>>,
+    written: u64,
+    entries: u64,
+}
+
+impl Budget {
+    pub fn new(limits: Limits) -> Budget {
+        Budget { limits, read: Rc::default(), written: 0, entries: 0 }
+    }
+
+    fn too_large(&self) -> UnpackError {
+        UnpackError::TooLarge { limit: self.limits.max_bytes }
+    }
+
+    /// Bytes a file may still get.
+    fn write_left(&self) -> u64 {
+        self.limits.max_bytes.saturating_sub(self.written)
+    }
+}
+
+/// A reader that counts into a [`Budget`] and fails past its byte limit.
+struct Counted<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.limit.saturating_sub(self.read.get());
+        if left == 0 {
+            // One byte more than the limit shows the stream goes on.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => {
+                    self.read.set(self.limit.saturating_add(1));
+                    Err(io::Error::new(io::ErrorKind::FileTooLarge, "the image is larger than its limit"))
+                }
+            };
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Bytes for a message: `64 GiB`, `1 MiB`, else bytes.
+fn size_text(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b => format!("{b} bytes"),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("entry {entry:?}: {why}")]
     Refused { entry: String, why: &'static str },
+    #[error("the image unpacks to more than {} (the node's limit, --max-image-size)", size_text(*limit))]
+    TooLarge { limit: u64 },
+    #[error("the image has more than {limit} entries (kvmlet's limit)")]
+    TooManyEntries { limit: u64 },
     #[error("reading the layer")]
     Read(#[source] io::Error),
     #[error("writing {path}")]
@@ -35,20 +130,21 @@ fn refused(entry: &Path, why: &'static str) -> UnpackError {
     UnpackError::Refused { entry: entry.display().to_string(), why }
 }
 
-/// Applies the layer in `blob` (compressed or not) on top of `root`.
-pub fn apply_layer(blob: &Path, root: &Path) -> Result<(), UnpackError> {
+/// Applies the layer in `blob` (compressed or not) on top of `root`,
+/// counting what it unpacks to into `budget`.
+pub fn apply_layer(blob: &Path, root: &Path, budget: &mut Budget) -> Result<(), UnpackError> {
     let mut file = BufReader::new(File::open(blob).map_err(UnpackError::Read)?);
     let mut magic = [0u8; 4];
     let n = read_up_to(&mut file, &mut magic).map_err(UnpackError::Read)?;
     let head = io::Cursor::new(magic[..n].to_vec()).chain(file);
     match magic {
-        [0x1f, 0x8b, ..] => apply_tar(flate2::read::GzDecoder::new(head), root),
+        [0x1f, 0x8b, ..] => apply_tar(flate2::read::GzDecoder::new(head), root, budget),
         [0x28, 0xb5, 0x2f, 0xfd] => {
             let decoder = ruzstd::decoding::StreamingDecoder::new(head)
                 .map_err(|e| UnpackError::Read(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-            apply_tar(decoder, root)
+            apply_tar(decoder, root, budget)
         }
-        _ => apply_tar(head, root),
+        _ => apply_tar(head, root, budget),
     }
 }
 
@@ -63,11 +159,25 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Applies an uncompressed tar stream on top of `root`.
-pub fn apply_tar(reader: impl Read, root: &Path) -> Result<(), UnpackError> {
-    let mut archive = tar::Archive::new(reader);
+/// Applies an uncompressed tar stream on top of `root`, within `budget`.
+pub fn apply_tar(reader: impl Read, root: &Path, budget: &mut Budget) -> Result<(), UnpackError> {
+    let read = budget.read.clone();
+    let counted = Counted { inner: reader, read: read.clone(), limit: budget.limits.max_bytes };
+    let result = apply_entries(tar::Archive::new(counted), root, budget);
+    if read.get() > budget.limits.max_bytes {
+        // Whatever the tar reader made of the cut-off stream: the limit is why.
+        return Err(budget.too_large());
+    }
+    result
+}
+
+fn apply_entries(mut archive: tar::Archive<impl Read>, root: &Path, budget: &mut Budget) -> Result<(), UnpackError> {
     for entry in archive.entries().map_err(UnpackError::Read)? {
         let mut entry = entry.map_err(UnpackError::Read)?;
+        budget.entries += 1;
+        if budget.entries > budget.limits.max_entries {
+            return Err(UnpackError::TooManyEntries { limit: budget.limits.max_entries });
+        }
         let raw = entry.path().map_err(UnpackError::Read)?.into_owned();
         let relative = clean(&raw)?;
         let Some(relative) = relative else { continue }; // the root itself
@@ -111,7 +221,14 @@ pub fn apply_tar(reader: impl Read, root: &Path) -> Result<(), UnpackError> {
                     .mode(mode)
                     .open(&target)
                     .map_err(|e| write_err(&target, e))?;
-                io::copy(&mut entry, &mut out).map_err(|e| write_err(&target, e))?;
+                // One byte past what is left shows the file is over the limit.
+                let left = budget.write_left();
+                let copied = io::copy(&mut (&mut entry).take(left.saturating_add(1)), &mut out)
+                    .map_err(|e| write_err(&target, e))?;
+                if copied > left {
+                    return Err(budget.too_large());
+                }
+                budget.written += copied;
             }
             EntryType::Symlink => {
                 let link = entry
@@ -269,7 +386,7 @@ mod tests {
     }
 
     fn apply(entries: &[Spec], root: &Path) -> Result<(), UnpackError> {
-        apply_tar(&layer(entries)[..], root)
+        apply_tar(&layer(entries)[..], root, &mut Budget::new(Limits::default()))
     }
 
     #[test]
@@ -363,8 +480,70 @@ mod tests {
             fs::write(&blob, bytes).unwrap();
             let root = dir.path().join("root");
             fs::create_dir(&root).unwrap();
-            apply_layer(&blob, &root).unwrap_or_else(|e| panic!("{name}: {e}"));
+            apply_layer(&blob, &root, &mut Budget::new(Limits::default())).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(fs::read(root.join("disk/d.img")).unwrap(), b"abc", "{name}");
         }
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        io::Write::write_all(&mut gz, bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_layer_over_the_size_limit_stops_at_the_limit() {
+        let limits = Limits { max_bytes: 1 << 20, max_entries: 100 };
+        let dir = tempfile::tempdir().unwrap();
+        // A bomb: 8 MiB of zeros in a file, a few KiB compressed.
+        let zeros = vec![0u8; 8 << 20];
+        let bomb = gzip(&layer(&[("disk/d.img", EntryType::Regular, &zeros, None)]));
+        assert!(bomb.len() < 64 << 10);
+        fs::write(dir.path().join("bomb"), &bomb).unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let error = apply_layer(&dir.path().join("bomb"), &root, &mut Budget::new(limits)).unwrap_err();
+        assert!(matches!(error, UnpackError::TooLarge { limit: 1048576 }), "{error:?}");
+        assert_eq!(error.to_string(), "the image unpacks to more than 1 MiB (the node's limit, --max-image-size)");
+        let written = fs::metadata(root.join("disk/d.img")).map(|m| m.len()).unwrap_or(0);
+        assert!(written <= 1 << 20, "{written} bytes written past the limit");
+
+        // The limit is over all layers of the image: two of 600 KiB are too much together.
+        let part = vec![7u8; 600 << 10];
+        let mut budget = Budget::new(limits);
+        let root = dir.path().join("two");
+        fs::create_dir(&root).unwrap();
+        apply_tar(&layer(&[("a", EntryType::Regular, &part, None)])[..], &root, &mut budget).unwrap();
+        let error = apply_tar(&layer(&[("b", EntryType::Regular, &part, None)])[..], &root, &mut budget).unwrap_err();
+        assert!(matches!(error, UnpackError::TooLarge { .. }), "{error:?}");
+
+        // Under the limit: unpacked.
+        let root = dir.path().join("small");
+        fs::create_dir(&root).unwrap();
+        apply_tar(&layer(&[("a", EntryType::Regular, &part, None)])[..], &root, &mut Budget::new(limits)).unwrap();
+        assert_eq!(fs::read(root.join("a")).unwrap(), part);
+    }
+
+    #[test]
+    fn a_data_stream_over_the_limit_is_refused_even_when_nothing_is_written() {
+        // A directory entry claiming 4 MiB of data: never written, still read.
+        let limits = Limits { max_bytes: 1 << 20, max_entries: 100 };
+        let junk = vec![1u8; 4 << 20];
+        let tar = layer(&[("d/", EntryType::Directory, &junk, None)]);
+        let dir = tempfile::tempdir().unwrap();
+        let error = apply_tar(&tar[..], dir.path(), &mut Budget::new(limits)).unwrap_err();
+        assert!(matches!(error, UnpackError::TooLarge { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn too_many_entries_are_refused() {
+        let limits = Limits { max_bytes: 1 << 20, max_entries: 3 };
+        let names: Vec<String> = (0..4).map(|i| format!("f{i}")).collect();
+        let entries: Vec<Spec> = names.iter().map(|n| (n.as_str(), EntryType::Regular, &b"x"[..], None)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let error = apply_tar(&layer(&entries)[..], dir.path(), &mut Budget::new(limits)).unwrap_err();
+        assert_eq!(error.to_string(), "the image has more than 3 entries (kvmlet's limit)");
+        let dir = tempfile::tempdir().unwrap();
+        apply_tar(&layer(&entries[..3])[..], dir.path(), &mut Budget::new(limits)).unwrap();
     }
 }

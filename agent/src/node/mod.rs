@@ -89,6 +89,8 @@ pub struct NodeConfig {
     pub test_vm_hooks: bool,
     /// Registry mirrors and insecure registries for image pulls.
     pub registry: crate::images::reference::RegistryConfig,
+    /// What one pulled image may unpack to (`--max-image-size`).
+    pub image_limits: crate::images::unpack::Limits,
 }
 
 /// Why a node loop cannot start.
@@ -180,6 +182,7 @@ impl NodeLoop {
         let images = crate::images::Images::new(
             config.defaults.image_dir.clone(),
             config.registry.clone(),
+            config.image_limits,
             client.clone(),
             poke.clone(),
         )

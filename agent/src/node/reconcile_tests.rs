@@ -51,11 +51,17 @@ fn node() -> Node {
         vm_user: vmm::jail::VmUser::DEFAULT,
         test_vm_hooks: false,
         registry: Default::default(),
+        image_limits: Default::default(),
     };
     let (poke, _pokes) = tokio::sync::mpsc::unbounded_channel();
-    let images =
-        crate::images::Images::new(config.defaults.image_dir.clone(), Default::default(), client.clone(), poke.clone())
-            .unwrap();
+    let images = crate::images::Images::new(
+        config.defaults.image_dir.clone(),
+        Default::default(),
+        Default::default(),
+        client.clone(),
+        poke.clone(),
+    )
+    .unwrap();
     let ctx = NodeContext {
         reporter: VmiReporter::new(client.clone(), NODE),
         vms: VmTable::new(poke),

@@ -246,7 +246,14 @@ async fn vm_processes_move_into_the_cgroup_parent() {
     let uid = running.metadata.uid.unwrap();
     let pid = std::fs::read_to_string(run_dir.join("vms").join(&uid).join("pid")).unwrap();
     let procs = std::fs::read_to_string(parent.join(&uid).join("cgroup.procs")).unwrap();
-    assert_eq!(procs.trim(), pid.trim(), "the VM process lives in PARENT/<uid>");
+    let mut procs: Vec<&str> = procs.split_whitespace().collect();
+    procs.sort();
+    // With its supervisor, its parent outside its PID namespace: charged to the VM too.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let supervisor = status.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap().trim();
+    let mut expected = vec![supervisor, pid.trim()];
+    expected.sort();
+    assert_eq!(procs, expected, "the VM process and its supervisor live in PARENT/<uid>");
     let own = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.trim())).unwrap();
     assert!(own.contains(&format!("/kvmlet-test-{}/{uid}", std::process::id())), "{own}");
 

@@ -26,7 +26,7 @@ use super::{step, JailError};
 static SUPERVISOR: OnceLock<OwnedFd> = OnceLock::new();
 
 /// Forks into a new PID namespace and returns, in the child only, the
-/// child's pid as the host sees it (inside, it is 1). The parent never
+/// child's pid as the host sees it (inside, it is 1; the parent tells it). The parent never
 /// returns: it forwards the signals of `forward` that a process sent it
 /// (not those the terminal sent its whole process group, which reach the
 /// child too) and exits as the child did (its status, or 128 + the signal
@@ -35,7 +35,8 @@ static SUPERVISOR: OnceLock<OwnedFd> = OnceLock::new();
 ///
 /// Must run while the process has a single thread, as root.
 pub fn enter(forward: SigSet) -> Result<u32, JailError> {
-    let threads = std::fs::read_dir("/proc/self/task").map(|tasks| tasks.count()).unwrap_or(0);
+    // Checked where /proc shows it (a chroot may have none).
+    let threads = std::fs::read_dir("/proc/self/task").map(|tasks| tasks.count()).unwrap_or(1);
     if threads != 1 {
         let step = "enter a PID namespace (the process must be single-threaded)";
         return Err(JailError::Step { step, source: nix::Error::EBUSY });
@@ -52,16 +53,23 @@ pub fn enter(forward: SigSet) -> Result<u32, JailError> {
     match unsafe { fork() }.map_err(step("fork into the PID namespace"))? {
         ForkResult::Parent { child } => {
             drop(link_read);
-            // Held open (never written) until the supervisor exits.
+            // The child's pid as the host sees it (inside, it is 1), then the
+            // link stays open, never written again, until the supervisor exits.
+            let _ = nix::unistd::write(&link_write, &child.as_raw().to_ne_bytes());
             std::mem::forget(link_write);
             supervise(child, waited)
         }
         ForkResult::Child => {
             drop(link_write);
             previous.thread_set_mask().map_err(step("restore the signal mask"))?;
+            let mut pid = [0u8; 4];
+            let read = nix::unistd::read(&link_read, &mut pid).map_err(step("read the host pid"))?;
+            if read != pid.len() {
+                return Err(JailError::Step { step: "the supervising parent exited", source: nix::Error::ESRCH });
+            }
             let _ = SUPERVISOR.set(link_read);
             die_with_supervisor()?;
-            host_pid()
+            Ok(i32::from_ne_bytes(pid) as u32)
         }
     }
 }
@@ -83,18 +91,6 @@ pub fn die_with_supervisor() -> Result<(), JailError> {
         return Err(JailError::Step { step: "the supervising parent exited", source: nix::Error::ESRCH });
     }
     Ok(())
-}
-
-/// The host's `/proc` (still mounted: the jail's root comes later) names
-/// this process by its pid in the host's namespace.
-fn host_pid() -> Result<u32, JailError> {
-    let link = std::fs::read_link("/proc/self").map_err(|e| JailError::Step {
-        step: "read the host pid from /proc/self",
-        source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    })?;
-    link.to_str()
-        .and_then(|pid| pid.parse().ok())
-        .ok_or(JailError::Step { step: "read the host pid from /proc/self", source: nix::Error::EINVAL })
 }
 
 fn supervise(child: Pid, waited: SigSet) -> ! {

@@ -10,6 +10,35 @@ use serde_json::{json, Value};
 
 use crate::standalone::Standalone;
 
+/// A VMI booting the probe (kernelBoot, the node's default kernel) with
+/// `kernel_args` on one containerDisk `image`; `container_disk` adds fields
+/// to the volume (`imagePullPolicy`, `imagePullSecret`, `path`).
+pub fn container_disk_vmi(
+    name: &str,
+    image: &str,
+    kernel_args: &str,
+    container_disk: serde_json::Value,
+) -> VirtualMachineInstance {
+    let mut volume = serde_json::json!({"image": image});
+    if let (Some(volume), Some(extra)) = (volume.as_object_mut(), container_disk.as_object()) {
+        volume.extend(extra.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "domain": {
+                "resources": {"requests": {"memory": "64Mi"}},
+                "firmware": {"kernelBoot": {"kernelArgs": kernel_args}},
+                "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
+            },
+            "volumes": [{"name": "root", "containerDisk": volume}],
+        },
+    }))
+    .expect("a valid VMI")
+}
+
 /// A VMI that boots the node's default kernel (the probe) with `kernel_args`
 /// and a cloud-init NoCloud disk.
 pub fn probe_vmi(name: &str, kernel_args: &str, grace_seconds: i64) -> VirtualMachineInstance {

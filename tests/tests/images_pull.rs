@@ -17,25 +17,6 @@ fn pattern_disk() -> Vec<u8> {
     (0..2 << 20).map(|i: u32| (i % 251) as u8).collect()
 }
 
-fn disk_vmi(name: &str, image: &str, extra: serde_json::Value) -> VirtualMachineInstance {
-    let mut container_disk = json!({"image": image});
-    container_disk.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    serde_json::from_value(json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-        "metadata": {"name": name},
-        "spec": {
-            "terminationGracePeriodSeconds": 0,
-            "domain": {
-                "resources": {"requests": {"memory": "64Mi"}},
-                "firmware": {"kernelBoot": {"kernelArgs": "probe.action=wait"}},
-                "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
-            },
-            "volumes": [{"name": "root", "containerDisk": container_disk}],
-        },
-    }))
-    .unwrap()
-}
-
 fn server_for(registry: &Registry) -> Standalone {
     let flags = registry.mirror_flags();
     Standalone::with_node(&flags.iter().map(String::as_str).collect::<Vec<_>>())
@@ -126,8 +107,8 @@ async fn if_not_present_uses_the_stored_image_without_the_registry_and_concurren
     let client = server.client().await;
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
     // Two VMIs pull the same image at once.
-    create(&vmis, &disk_vmi("first", "disks/shared:v1", json!({}))).await;
-    create(&vmis, &disk_vmi("second", "disks/shared:v1", json!({}))).await;
+    create(&vmis, &container_disk_vmi("first", "disks/shared:v1", "probe.action=wait", json!({}))).await;
+    create(&vmis, &container_disk_vmi("second", "disks/shared:v1", "probe.action=wait", json!({}))).await;
     let first = wait_for_phase(&vmis, &server, "first", Phase::Running).await;
     let second = wait_for_phase(&vmis, &server, "second", Phase::Running).await;
     assert_eq!(disk_copy(&server, first.metadata.uid.as_deref().unwrap()), disk);
@@ -138,13 +119,26 @@ async fn if_not_present_uses_the_stored_image_without_the_registry_and_concurren
 
     // With the registry gone, IfNotPresent (the default for a tag other than latest) still starts.
     registry.stop();
-    create(&vmis, &disk_vmi("third", "disks/shared:v1", json!({"imagePullPolicy": "IfNotPresent"}))).await;
+    create(
+        &vmis,
+        &container_disk_vmi(
+            "third",
+            "disks/shared:v1",
+            "probe.action=wait",
+            json!({"imagePullPolicy": "IfNotPresent"}),
+        ),
+    )
+    .await;
     let third = wait_for_phase(&vmis, &server, "third", Phase::Running).await;
     assert_eq!(disk_copy(&server, third.metadata.uid.as_deref().unwrap()), disk);
     let events = event_reasons(&client, "third").await;
     assert!(!events.iter().any(|(r, _)| r == "Pulling"), "IfNotPresent pulled: {events:?}");
     // Always asks the registry, which is gone: ErrImagePull, and the VMI stays Scheduled.
-    create(&vmis, &disk_vmi("fourth", "disks/shared:v1", json!({"imagePullPolicy": "Always"}))).await;
+    create(
+        &vmis,
+        &container_disk_vmi("fourth", "disks/shared:v1", "probe.action=wait", json!({"imagePullPolicy": "Always"})),
+    )
+    .await;
     let failed = wait_event(&client, &server, "fourth", "Failed", "Failed to pull image \"disks/shared:v1\"").await;
     assert!(failed.contains(&registry.host()), "{failed}");
     let fourth = vmis.get("fourth").await.unwrap();
@@ -185,9 +179,17 @@ async fn credentials_come_from_an_image_pull_secret() {
         secrets.create(&PostParams::default(), &secret).await.unwrap();
     }
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
-    create(&vmis, &disk_vmi("authed", "private/disk:v1", json!({"imagePullSecret": "good-creds"}))).await;
-    create(&vmis, &disk_vmi("wrong", "private/disk:v1", json!({"imagePullSecret": "bad-creds"}))).await;
-    create(&vmis, &disk_vmi("anonymous", "private/disk:v1", json!({}))).await;
+    create(
+        &vmis,
+        &container_disk_vmi("authed", "private/disk:v1", "probe.action=wait", json!({"imagePullSecret": "good-creds"})),
+    )
+    .await;
+    create(
+        &vmis,
+        &container_disk_vmi("wrong", "private/disk:v1", "probe.action=wait", json!({"imagePullSecret": "bad-creds"})),
+    )
+    .await;
+    create(&vmis, &container_disk_vmi("anonymous", "private/disk:v1", "probe.action=wait", json!({}))).await;
     let authed = wait_for_phase(&vmis, &server, "authed", Phase::Running).await;
     assert_eq!(disk_copy(&server, authed.metadata.uid.as_deref().unwrap()), disk);
     for name in ["wrong", "anonymous"] {
@@ -225,7 +227,7 @@ async fn bad_images_fail_with_their_reason_named() {
         ("two", "bad/two:v1", "Failed", "holds 2 files; set containerDisk.path"),
     ];
     for (name, image, _, _) in cases {
-        create(&vmis, &disk_vmi(name, image, json!({}))).await;
+        create(&vmis, &container_disk_vmi(name, image, "probe.action=wait", json!({}))).await;
     }
     for (name, _, reason, needle) in cases {
         let message = wait_event(&client, &server, name, reason, needle).await;
@@ -234,7 +236,11 @@ async fn bad_images_fail_with_their_reason_named() {
         assert!(condition.message.unwrap_or_default().contains(needle), "{name}: {message}");
     }
     // Never, and the image is not on the node: the VMI fails at once, naming the policy.
-    create(&vmis, &disk_vmi("never", "bad/nothing:v1", json!({"imagePullPolicy": "Never"}))).await;
+    create(
+        &vmis,
+        &container_disk_vmi("never", "bad/nothing:v1", "probe.action=wait", json!({"imagePullPolicy": "Never"})),
+    )
+    .await;
     let never = wait_for_phase(&vmis, &server, "never", Phase::Failed).await;
     let condition = never.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
     assert!(condition.message.unwrap_or_default().contains("ErrImageNeverPull"));
@@ -260,7 +266,7 @@ async fn an_agent_killed_mid_pull_leaves_nothing_half_visible_and_pulls_again() 
     let mut server = Standalone::with_node(&flags.iter().map(String::as_str).collect::<Vec<_>>());
     let client = server.client().await;
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
-    create(&vmis, &disk_vmi("big", "disks/big:v1", json!({}))).await;
+    create(&vmis, &container_disk_vmi("big", "disks/big:v1", "probe.action=wait", json!({}))).await;
 
     // Wait until the layer is partly downloaded, then SIGKILL the server.
     let tmp = server.image_dir().join("tmp");
@@ -298,7 +304,7 @@ async fn an_insecure_registry_is_reached_over_tls_without_verification_and_only_
     let server = Standalone::with_node(&["--registry-mirror", &mirror, "--insecure-registry", &registry.host()]);
     let client = server.client().await;
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
-    create(&vmis, &disk_vmi("tls", "disks/tls:v1", json!({}))).await;
+    create(&vmis, &container_disk_vmi("tls", "disks/tls:v1", "probe.action=wait", json!({}))).await;
     let vmi = wait_for_phase(&vmis, &server, "tls", Phase::Running).await;
     assert_eq!(disk_copy(&server, vmi.metadata.uid.as_deref().unwrap()), disk);
 
@@ -306,7 +312,7 @@ async fn an_insecure_registry_is_reached_over_tls_without_verification_and_only_
     let strict = Standalone::with_node(&["--registry-mirror", &mirror]);
     let client = strict.client().await;
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
-    create(&vmis, &disk_vmi("strict", "disks/tls:v1", json!({}))).await;
+    create(&vmis, &container_disk_vmi("strict", "disks/tls:v1", "probe.action=wait", json!({}))).await;
     let failed = wait_event(&client, &strict, "strict", "Failed", "Failed to pull image \"disks/tls:v1\"").await;
     assert!(failed.to_lowercase().contains("certificate"), "{failed}");
 }
@@ -321,7 +327,7 @@ async fn a_multi_arch_index_resolves_to_linux_amd64_and_zstd_layers_unpack() {
     let server = server_for(&registry);
     let client = server.client().await;
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
-    create(&vmis, &disk_vmi("multi", "disks/multi:v1", json!({}))).await;
+    create(&vmis, &container_disk_vmi("multi", "disks/multi:v1", "probe.action=wait", json!({}))).await;
     let vmi = wait_for_phase(&vmis, &server, "multi", Phase::Running).await;
     assert_eq!(disk_copy(&server, vmi.metadata.uid.as_deref().unwrap()), disk, "the amd64 image's disk");
 }

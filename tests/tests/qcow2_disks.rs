@@ -165,24 +165,6 @@ fn a_backing_file_is_used_only_when_given_and_writes_stay_in_the_overlay() {
     assert_eq!(flat[99 * SECTOR..100 * SECTOR], base_sector(99)[..]);
 }
 
-/// A containerDisk VMI running the probe with `kernel_args`.
-fn container_disk_vmi(name: &str, image: &str, kernel_args: &str) -> VirtualMachineInstance {
-    serde_json::from_value(json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-        "metadata": {"name": name},
-        "spec": {
-            "terminationGracePeriodSeconds": 0,
-            "domain": {
-                "memory": {"guest": "64Mi"},
-                "firmware": {"kernelBoot": {"kernelArgs": kernel_args}},
-                "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
-            },
-            "volumes": [{"name": "root", "containerDisk": {"image": image}}],
-        },
-    }))
-    .unwrap()
-}
-
 /// A node with a hand-made container image `example.org/qcow2-disk:v1`
 /// whose disk is a compressed qcow2 of the base pattern; returns its path.
 fn node_with_image() -> (Standalone, PathBuf) {
@@ -209,11 +191,11 @@ async fn container_disks_run_on_private_overlays_over_one_shared_base() {
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
 
     let args = |marker: u64| format!("probe.action=wait probe.marker_sector={marker} probe.blk_read=0,100,200,16383");
-    create(&vmis, &container_disk_vmi("first", "example.org/qcow2-disk:v1", &args(100))).await;
+    create(&vmis, &container_disk_vmi("first", "example.org/qcow2-disk:v1", &args(100), json!({}))).await;
     let first = wait_for_phase(&vmis, &server, "first", Phase::Running).await;
     let first_console = wait_console(&server, "first", "probe: waiting for power button").await;
     // Only then the second: its guest must not see the first one's write.
-    create(&vmis, &container_disk_vmi("second", "example.org/qcow2-disk:v1", &args(200))).await;
+    create(&vmis, &container_disk_vmi("second", "example.org/qcow2-disk:v1", &args(200), json!({}))).await;
     let second = wait_for_phase(&vmis, &server, "second", Phase::Running).await;
     let second_console = wait_console(&server, "second", "probe: waiting for power button").await;
 
@@ -266,7 +248,7 @@ async fn a_rebooting_guest_keeps_reading_and_writing_its_overlay() {
     let client = server.client().await;
     let vmis: Api<VirtualMachineInstance> = Api::default_namespaced(client.clone());
     let args = "probe.action=reboot probe.marker_sector=300 probe.blk_read=300,301";
-    create(&vmis, &container_disk_vmi("rebooter", "example.org/qcow2-disk:v1", args)).await;
+    create(&vmis, &container_disk_vmi("rebooter", "example.org/qcow2-disk:v1", args, json!({}))).await;
     wait_for_phase(&vmis, &server, "rebooter", Phase::Running).await;
     let pid = ps_entry(&server, "rebooter").unwrap()["pid"].as_i64().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

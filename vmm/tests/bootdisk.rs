@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use vmm::bootdisk::{self, BootChoice, BootDiskError, DiskRead, FsError, RawFile};
+use vmm::bootdisk::{self, BootChoice, BootDiskError, DiskRead, FsError};
 
 const MIB: u64 = 1 << 20;
 const ROOT_UUID: &str = "0e2a9c4d-7f51-4c1e-9d0b-6a1f3e5b7c21";
@@ -87,7 +87,7 @@ fn make_disk(work: &Path, mib: u64, table: &str, filesystems: &[(u64, Vec<u8>)])
 }
 
 fn open(path: &Path) -> Arc<dyn DiskRead> {
-    Arc::new(RawFile::open(path).unwrap())
+    Arc::new(vmm::image::ImageFiles::open(path, true, &[]).unwrap().into_image(false).unwrap())
 }
 
 fn kernel_bytes(choice: &BootChoice, disk: &Arc<dyn DiskRead>) -> Vec<u8> {

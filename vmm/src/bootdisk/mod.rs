@@ -17,8 +17,8 @@
 //! block device, so any image format can stand behind it.
 //!
 //! This lives in `vmm` because it stands in for the guest's firmware and
-//! boot loader, and because image formats other than raw (read by the block
-//! device in this crate) implement `DiskRead` here too; it needs no `unsafe`.
+//! boot loader, and reads disks through the block device's image formats
+//! (`vmm::image::DiskImage` implements `DiskRead`); it needs no `unsafe`.
 
 #![forbid(unsafe_code)]
 
@@ -31,10 +31,7 @@ mod grub;
 pub mod partitions;
 mod search;
 
-use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::Arc;
 
 pub use fs::FsError;
@@ -54,7 +51,7 @@ pub const MAX_PATH_DEPTH: usize = 32;
 /// Names read from one directory.
 pub const MAX_DIR_ENTRIES: usize = 4096;
 
-/// A disk, readable at any offset: a raw file, or an image format's reader.
+/// A disk, readable at any offset: `vmm::image::DiskImage` (raw or qcow2), or bytes in memory.
 pub trait DiskRead {
     /// Fills `buf` from byte `offset`; reading past the end is an error.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
@@ -62,30 +59,6 @@ pub trait DiskRead {
     fn len(&self) -> u64;
     fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// A raw disk image file.
-pub struct RawFile {
-    file: File,
-    len: u64,
-}
-
-impl RawFile {
-    /// Opens `path` read-only.
-    pub fn open(path: &Path) -> io::Result<RawFile> {
-        let file = File::open(path)?;
-        let len = file.metadata()?.len();
-        Ok(RawFile { file, len })
-    }
-}
-
-impl DiskRead for RawFile {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
-    }
-    fn len(&self) -> u64 {
-        self.len
     }
 }
 

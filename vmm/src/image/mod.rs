@@ -187,21 +187,19 @@ impl DiskImage {
 /// container disk (on its overlay) boots as a raw one does.
 impl crate::bootdisk::DiskRead for DiskImage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let len = crate::bootdisk::DiskRead::len(self);
-        let end = offset.checked_add(buf.len() as u64).filter(|end| *end <= len);
-        if end.is_none() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the disk"));
-        }
         match self {
+            // Past the end, the file itself says UnexpectedEof.
             DiskImage::Raw(file) => file.read_exact_at(buf, offset),
-            DiskImage::Qcow2(image) => image.read(&[vm_memory::VolatileSlice::from(buf)], offset),
+            DiskImage::Qcow2(image) => {
+                if offset.checked_add(buf.len() as u64).is_none_or(|end| end > image.size()) {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the disk"));
+                }
+                image.read(&[vm_memory::VolatileSlice::from(buf)], offset)
+            }
         }
     }
     fn len(&self) -> u64 {
-        match self {
-            DiskImage::Raw(file) => file.metadata().map(|m| m.len()).unwrap_or(0),
-            DiskImage::Qcow2(image) => image.size(),
-        }
+        self.size().unwrap_or(0)
     }
 }
 

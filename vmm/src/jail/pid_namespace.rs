@@ -26,8 +26,8 @@ use super::{step, JailError};
 static SUPERVISOR: OnceLock<OwnedFd> = OnceLock::new();
 
 /// Forks into a new PID namespace and returns, in the child only, the
-/// child's pid as the host sees it (inside, it is 1; the parent tells it). The parent never
-/// returns: it forwards the signals of `forward` that a process sent it
+/// child's pid as the host sees it (inside, it is 1; the parent tells it).
+/// The parent never returns: it forwards the signals of `forward` that a process sent it
 /// (not those the terminal sent its whole process group, which reach the
 /// child too) and exits as the child did (its status, or 128 + the signal
 /// that killed it). The child dies with SIGKILL if the parent does
@@ -65,7 +65,7 @@ pub fn enter(forward: SigSet) -> Result<u32, JailError> {
             let mut pid = [0u8; 4];
             let read = nix::unistd::read(&link_read, &mut pid).map_err(step("read the host pid"))?;
             if read != pid.len() {
-                return Err(JailError::Step { step: "the supervising parent exited", source: nix::Error::ESRCH });
+                return Err(supervisor_gone());
             }
             let _ = SUPERVISOR.set(link_read);
             die_with_supervisor()?;
@@ -88,9 +88,13 @@ pub fn die_with_supervisor() -> Result<(), JailError> {
     let mut fds = [PollFd::new(link.as_fd(), PollFlags::POLLIN)];
     poll(&mut fds, PollTimeout::ZERO).map_err(step("check the supervisor"))?;
     if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-        return Err(JailError::Step { step: "the supervising parent exited", source: nix::Error::ESRCH });
+        return Err(supervisor_gone());
     }
     Ok(())
+}
+
+fn supervisor_gone() -> JailError {
+    JailError::Step { step: "the supervising parent exited", source: nix::Error::ESRCH }
 }
 
 fn supervise(child: Pid, waited: SigSet) -> ! {
